@@ -1,0 +1,5 @@
+import sys
+
+from tritri.cli import main
+
+sys.exit(main())
