@@ -2,7 +2,7 @@
 
 Public API (see SPEC.md):
 
-- :func:`tritri.render` / :class:`tritri.TriangleRenderer` -- tiled soft rasterization of 2D triangles;
+- :func:`tritri.render` / :class:`tritri.TriangleRenderer` -- tiled soft rasterization of triangles;
 - :mod:`tritri.losses` -- L1 + VGG perceptual + LPIPS on one VGG pass, and the loss balancers;
 - :mod:`tritri.tuning` -- per-GPU kernel configs;
 - :mod:`tritri.reference` -- plain PyTorch ground truth.

@@ -26,8 +26,9 @@ class TileBins:
 
     tri: (capacity,) int32 -- triangle index (within its image), sorted by (image, tile), then by
         triangle index; entries past the used ones are padding.
-    slot: (capacity,) int64 -- for each sorted entry, its position in emission order (triangle-major,
-        so each triangle's entries are contiguous there: ``first[b, n] .. first[b, n] + count[b, n]``).
+    slot: (capacity,) int64 -- for each sorted entry, its position in emission order
+        (triangle-major, so each triangle's entries are contiguous there:
+        ``first[b, n] .. first[b, n] + count[b, n]``).
     start, end: (B * n_tiles,) int64 -- range of each (image, tile) in ``tri``.
     overflow: (B,) bool -- the image's lists are incomplete; scan instead.
     first, count: (B, N) int64 -- each triangle's range in emission order.

@@ -8,9 +8,9 @@ Every triangle is turned into affine functions of the pixel center p = (x, y) in
 - for per-vertex colors, three barycentric functions ``beta_j(p) = A_j x + B_j y + C_j``.
 
 The rasterizers only evaluate these planes; the gradient with respect to the vertices flows back
-through this module by torch autograd. Bad triangles (non-finite values, doubled area below 1e-6 px²)
-are replaced by a harmless triangle with opacity 0 *before* any math, so they contribute nothing and
-receive exactly zero gradient.
+through this module by torch autograd. Bad triangles (non-finite values, doubled area below 1e-6
+px²) are replaced by a harmless triangle with opacity 0 *before* any math, so they contribute
+nothing and receive exactly zero gradient.
 
 The module also computes conservative culling data (no gradient): the bounding box of the region
 where a triangle's alpha can reach 1/255 and that region's margin in sigma units.

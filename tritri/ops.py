@@ -31,7 +31,7 @@ def _bins(edges: Tensor, cull: Tensor, height: int, width: int, tile: int, binni
         raise ValueError(f"binning must be 'scan' or 'sorted', got {binning!r}")
     B, N = edges.shape[:2]
     ntx, nty = tile_grid(height, width, tile)
-    capacity = max(pairs_per_triangle * B * N, B * ntx * nty, 1024)
+    capacity = max(pairs_per_triangle * B * N, B * ntx * nty)
     return bin_triangles(edges, cull, height, width, tile, capacity=capacity)
 
 

@@ -1,8 +1,8 @@
 """Pure-PyTorch ground truth.
 
-:func:`render_dense` implements SPEC section 2.1 literally: every triangle is evaluated at every pixel
-(an N·H·W computation), composited front to back in a Python loop. It is slow and memory hungry on
-purpose -- it shares no code with the tiled backends, so the tests can hold them to it.
+:func:`render_dense` implements SPEC section 2.1 literally: every triangle is evaluated at every
+pixel (an N·H·W computation), composited front to back in a Python loop. It is slow and memory
+hungry on purpose -- it shares no code with the tiled backends, so the tests can hold them to it.
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def render_dense(
 
     verts = verts.to(dtype)
     colors = colors.to(dtype)
-    opacity = (
-        torch.ones(B, N, dtype=dtype, device=device) if opacity is None else opacity.to(dtype)
-    )
+    opacity = torch.ones(B, N, dtype=dtype, device=device) if opacity is None else opacity.to(dtype)
 
     scale = torch.tensor([width, height], dtype=dtype, device=device)
     v = verts * scale  # pixel units

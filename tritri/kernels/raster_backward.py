@@ -13,7 +13,9 @@ Gradients are with respect to the rasterizer's own inputs -- edge planes, baryce
 colors, opacity; torch autograd maps them back to the vertices (tritri.geometry).
 
 Per pixel, with g the incoming color gradient, gT the transmittance gradient, S the color after the
-pair and t the transmittance before it: dL/dalpha = t * <g, color> - (<g, S> + gT * T_final) / (1 - alpha).
+pair and t the transmittance before it:
+
+    dL/dalpha = t * <g, color> - (<g, S> + gT * T_final) / (1 - alpha)
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ def raster_backward_kernel(
             g_prefix_incl = g_prefix[None, :] + tl.cumsum(contrib, axis=0)
             g_prefix += tl.sum(contrib, axis=0)
             g_after = g_final[None, :] - g_prefix_incl  # <g, color still to come>
-            d_alpha = tl.where(keep, t_excl * g_col - (g_after + g_behind[None, :]) / (1.0 - a), 0.0)
+            d_alpha = tl.where(
+                keep, t_excl * g_col - (g_after + g_behind[None, :]) / (1.0 - a), 0.0
+            )
             d_ow = tl.where(ow < ALPHA_MAX, d_alpha, 0.0)
             _emit(g_opacity_ptr, tri, part_ptr, row_k + K_OPACITY, tl.sum(d_ow * w, axis=1), wm,
                   DETERMINISTIC)  # fmt: skip

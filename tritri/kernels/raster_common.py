@@ -3,8 +3,8 @@
 A program owns one (image, tile). Its pixels are a flat block of TILE*TILE lanes; triangles come in
 chunks of G, topmost first, as a [G, P] block. The chunk's transmittance is an inclusive running
 product (``tl.cumprod``) along the triangle axis, so the SPEC's sequential front-to-back rules hold
-exactly: a pair with alpha < 1/255 is skipped, alpha is clamped to 0.99, and a pixel stops before the
-first triangle that would take T below 1e-4.
+exactly: a pair with alpha < 1/255 is skipped, alpha is clamped to 0.99, and a pixel stops before
+the first triangle that would take T below 1e-4.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def chunk_triangles(
             ea = tl.load(edges_ptr + tri * 9 + 3 * k, mask=live, other=0.0)
             eb = tl.load(edges_ptr + tri * 9 + 3 * k + 1, mask=live, other=0.0)
             ec = tl.load(edges_ptr + tri * 9 + 3 * k + 2, mask=live, other=0.0)
-            best = ec + tl.where(ea > 0, ea * xmax, ea * xmin) + tl.where(eb > 0, eb * ymax, eb * ymin)
+            best = (
+                ec + tl.where(ea > 0, ea * xmax, ea * xmin) + tl.where(eb > 0, eb * ymax, eb * ymin)
+            )
             scale = tl.abs(ea) * xmax + tl.abs(eb) * ymax + tl.abs(ec)
             hit = hit & (best >= -margin - 1e-5 * scale)
         live = live & hit
@@ -120,7 +122,7 @@ def barycentrics(bary_ptr, tri, live, px, py):
 @triton.jit
 def load_colors(colors_ptr, tri, j: tl.constexpr, live, V: tl.constexpr, C: tl.constexpr,
                 CB: tl.constexpr):  # fmt: skip
-    """Colors of vertex j (0 for flat colors) of a chunk as a [CB, G] block; colors are (B, N, V, C)."""
+    """Colors of vertex j (0 for flat colors) of a chunk, [CB, G]; colors are (B, N, V, C)."""
     cc = tl.arange(0, CB)
     offs = tri[None, :] * (V * C) + j * C + cc[:, None]
     return tl.load(colors_ptr + offs, mask=(cc[:, None] < C) & live[None, :], other=0.0)

@@ -1,10 +1,10 @@
 """Forward rasterization kernel and its launcher.
 
 One program per (image, tile) composites the tile's triangles front to back (index N-1 first) and
-writes the premultiplied color (no background) and the final transmittance per pixel. That fp32 color
-and T are all the backward needs: it replays the same walk front to back and gets each pair's suffix
-color as ``color_final - prefix`` -- no division by (1 - alpha) to reconstruct T, and the same early
-exit as the forward (research notes, section 7.1).
+writes the premultiplied color (no background) and the final transmittance per pixel. That fp32
+color and T are all the backward needs: it replays the same walk front to back and gets each pair's
+suffix color as ``color_final - prefix`` -- no division by (1 - alpha) to reconstruct T, and the
+same early exit as the forward (research notes, section 7.1).
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def raster_forward(
     """Launch the forward kernel.
 
     edges (B, N, 9), bary (B, N, 9) or None, colors (B, N, V, C), opacity (B, N), cull (B, N, 5),
-    all fp32 contiguous on one device; ``bins`` a :class:`tritri.binning.TileBins` or None (scan every
-    tile). Returns color (B, C, H, W) without background and transmittance T (B, H, W), fp32.
+    all fp32 contiguous on one device; ``bins`` a :class:`tritri.binning.TileBins` or None (scan
+    every tile). Returns color (B, C, H, W) without background and transmittance T (B, H, W), fp32.
     """
     from tritri.binning import tile_grid
 

@@ -1,0 +1,211 @@
+"""Public API behaviour: bad triangles, bad input, shapes, dtypes, the module, backends, compile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from render_helpers import random_scene
+
+import tritri
+from tritri.reference import render_dense
+
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("poison", ["nan_vertex", "inf_color", "nan_opacity", "zero_area"])
+def test_bad_triangle_is_isolated(backend, poison):
+    verts, colors, opacity = random_scene(2, 6, 3, seed=21)
+    bad = 3
+    if poison == "nan_vertex":
+        verts[1, bad, 0, 0] = float("nan")
+    elif poison == "inf_color":
+        colors[1, bad, 2] = float("inf")
+    elif poison == "nan_opacity":
+        opacity[1, bad] = float("nan")
+    else:  # all three vertices on one line
+        verts[1, bad] = torch.tensor([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])
+    leaves = [t.clone().requires_grad_() for t in (verts, colors, opacity)]
+    img = tritri.render(*leaves, height=16, width=16, backend=backend)
+    img.sum().backward()
+    # the bad triangle draws nothing: same image as without it
+    keep = [n for n in range(6) if n != bad]
+    clean = render_dense(verts[1:, keep], colors[1:, keep], opacity[1:, keep], height=16, width=16)
+    torch.testing.assert_close(img[1:], clean, atol=2e-6, rtol=0)
+    for t in leaves:
+        assert torch.isfinite(t.grad).all()
+        assert (t.grad[1, bad] == 0).all()
+    assert leaves[0].grad[0].abs().sum() > 0  # the other image still learns
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unbatched_equals_batched(backend):
+    verts, colors, opacity = random_scene(2, 5, 3, per_vertex=True, seed=8)
+    batched = tritri.render(verts, colors, opacity, height=12, width=9, backend=backend,
+                            return_alpha=True)  # fmt: skip
+    single = tritri.render(verts[0], colors[0], opacity[0], height=12, width=9, backend=backend,
+                           return_alpha=True)  # fmt: skip
+    assert single[0].shape == (3, 12, 9) and single[1].shape == (1, 12, 9)
+    torch.testing.assert_close(single[0], batched[0][0])
+    torch.testing.assert_close(single[1], batched[1][0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_triangles_renders_background(backend):
+    bg = torch.tensor([0.2, 0.4, 0.6], requires_grad=True)
+    img, alpha = tritri.render(torch.zeros(2, 0, 3, 2), torch.zeros(2, 0, 3), height=4, width=5,
+                               background=bg, return_alpha=True, backend=backend)  # fmt: skip
+    assert img.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(img, bg[None, :, None, None].expand(2, 3, 4, 5).detach())
+    assert (alpha == 0).all()
+    img.sum().backward()
+    torch.testing.assert_close(bg.grad, torch.full((3,), 40.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_in_float32_math(backend):
+    verts, colors, opacity = random_scene(1, 6, 3, seed=4)
+    full = tritri.render(verts, colors, opacity, height=16, width=16, backend=backend)
+    v16, c16, o16 = (t.half().requires_grad_() for t in (verts, colors, opacity))
+    half = tritri.render(v16, c16, o16, height=16, width=16, backend=backend)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), full, atol=2e-3, rtol=0)
+    half.float().sum().backward()
+    assert v16.grad.dtype == torch.float16 and torch.isfinite(v16.grad).all()
+
+
+def test_bfloat16_on_torch_backend():
+    verts, colors, opacity = random_scene(1, 6, 3, seed=4)
+    full = tritri.render(verts, colors, opacity, height=16, width=16, backend="torch")
+    out = tritri.render(verts.bfloat16(), colors.bfloat16(), opacity.bfloat16(), height=16,
+                        width=16, backend="torch")  # fmt: skip
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), full, atol=3e-2, rtol=0)
+
+
+def test_triangle_renderer_module():
+    verts, colors, opacity = random_scene(2, 5, 3, seed=12)
+    bg = torch.nn.Parameter(torch.tensor([0.1, 0.2, 0.3]))
+    module = tritri.TriangleRenderer(10, 14, sigma=0.7, background=bg, backend="torch")
+    assert [p is bg for p in module.parameters()] == [True]
+    out = module(verts, colors, opacity)
+    expected = render_dense(verts, colors, opacity, height=10, width=14, sigma=0.7,
+                            background=bg.detach())  # fmt: skip
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
+    out.sum().backward()
+    assert bg.grad is not None and (bg.grad > 0).all()
+    buffered = tritri.TriangleRenderer(4, 4, background=torch.ones(3))
+    assert "background" in dict(buffered.named_buffers())
+
+
+V, COL = torch.rand(2, 4, 3, 2), torch.rand(2, 4, 3)
+BAD_INPUTS = [
+    (dict(verts=torch.rand(2, 4, 3)), ValueError, "verts"),
+    (dict(verts=torch.rand(2, 4, 4, 2)), ValueError, "verts"),
+    (dict(verts=torch.randint(0, 2, (2, 4, 3, 2))), TypeError, "verts"),
+    (dict(colors=torch.rand(3, 4, 3)), ValueError, "colors"),
+    (dict(colors=torch.rand(2, 5, 3)), ValueError, "colors"),
+    (dict(colors=torch.rand(2, 4, 2, 3)), ValueError, "colors"),
+    (dict(colors=torch.randint(0, 2, (2, 4, 3))), TypeError, "colors"),
+    (dict(opacity=torch.rand(2, 5)), ValueError, "opacity"),
+    (dict(opacity=torch.ones(2, 4, dtype=torch.int64)), TypeError, "opacity"),
+    (dict(background=torch.rand(4)), ValueError, "background"),
+    (dict(background=torch.rand(3, 3)), ValueError, "background"),
+    (dict(background="white"), TypeError, "background"),
+    (dict(height=0), ValueError, "height"),
+    (dict(width=2.5), ValueError, "width"),
+    (dict(sigma=0.0), ValueError, "sigma"),
+    (dict(sigma=-1.0), ValueError, "sigma"),
+    (dict(backend="cuda"), ValueError, "backend"),
+    (dict(opacity=torch.rand(2, 4, device="meta")), ValueError, "opacity"),
+]
+
+
+@pytest.mark.parametrize("override,error,name", BAD_INPUTS)
+def test_bad_input_names_the_argument(override, error, name):
+    kwargs = dict(verts=V, colors=COL, opacity=None, height=8, width=8, sigma=0.5)
+    kwargs.update(override)
+    with pytest.raises(error, match=name):
+        tritri.render(**kwargs)
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error():
+    code = (
+        "import torch, tritri\n"
+        "try:\n"
+        "    tritri.render(torch.rand(1, 2, 3, 2), torch.rand(1, 2, 3), height=4, width=4,"
+        " backend='triton')\n"
+        "except RuntimeError as err:\n"
+        "    print('ERR', err)\n"
+        "print('AUTO', tritri.render(torch.rand(1, 2, 3, 2), torch.rand(1, 2, 3), height=4,"
+        " width=4).shape)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout  # fmt: skip
+    assert "ERR" in out and "TRITON_INTERPRET=1" in out
+    assert "AUTO torch.Size([1, 3, 4, 4])" in out  # auto falls back to the torch backend
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    verts, colors, opacity = random_scene(1, 5, 3, seed=30)
+
+    def step(v, c, o):
+        img = tritri.render(v, c, o, height=12, width=12, backend="triton", background=0.5)
+        return (img - 0.3).square().mean()
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_() for t in (verts, colors, opacity)]
+        loss = fn(*leaves)
+        loss.backward()
+        return [loss.detach()] + [t.grad for t in leaves]
+
+    eager = run(step)
+    compiled = run(torch.compile(step, backend="aot_eager", fullgraph=True))
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_custom_op_passes_opcheck():
+    from tritri.geometry import prepare_triangles
+    from tritri.ops import rasterize
+
+    verts, colors, opacity = random_scene(1, 3, 2, seed=31)
+    prep = prepare_triangles(verts, colors, opacity, 8, 8, 0.5)
+    args = (prep.edges.detach().requires_grad_(), prep.edges.new_empty(0),
+            prep.colors.detach().requires_grad_(), prep.opacity.detach().requires_grad_(),
+            prep.cull, 8, 8, 8, 4, 4, "scan", 16, False)  # fmt: skip
+    torch.library.opcheck(rasterize, args, test_utils=("test_schema", "test_faketensor",
+                                                       "test_autograd_registration"))  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_large_scene_matches_reference():
+    from render_helpers import assert_close_all, image_and_grads, reference_fn
+
+    scene = random_scene(2, 300, 3, seed=40, device="cuda")
+
+    def ours(v, c, o, bg):
+        return tritri.render(v, c, o, height=128, width=160, return_alpha=True, backend="triton")
+
+    assert_close_all(image_and_grads(ours, *scene), image_and_grads(reference_fn(128, 160, 0.5),
+                                                                     *scene))  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_bfloat16_and_inductor():
+    verts, colors, opacity = random_scene(4, 200, 3, seed=41, device="cuda")
+    full = tritri.render(verts, colors, opacity, height=64, width=64)
+    bf = tritri.render(verts.bfloat16(), colors.bfloat16(), opacity.bfloat16(), height=64, width=64)
+    assert bf.dtype == torch.bfloat16
+    torch.testing.assert_close(bf.float(), full, atol=3e-2, rtol=0)
+
+    def step(v, c, o):
+        return tritri.render(v, c, o, height=64, width=64).mean()
+
+    compiled = torch.compile(step, fullgraph=True)
+    torch.testing.assert_close(compiled(verts, colors, opacity), step(verts, colors, opacity))

@@ -1,0 +1,291 @@
+"""Public rendering API: :func:`render` and :class:`TriangleRenderer` (SPEC section 2).
+
+Validation, backend choice and the glue around the rasterizers; the math is in tritri.geometry
+(per-triangle setup, differentiable), tritri.ops (Triton, as torch.library ops) and
+tritri.torch_backend (tiled PyTorch).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tritri.geometry import prepare_triangles
+
+_BACKENDS = ("auto", "triton", "torch")
+
+#: Used when tritri.tuning has nothing better (and inside torch.compile traces).
+DEFAULT_RASTER_CONFIG: dict[str, Any] = {
+    "tile": 16,
+    "chunk": 8,
+    "num_warps": 4,
+    "num_stages": 1,
+    "binning": "scan",
+    "pairs_per_triangle": 16,
+}
+SORTED_BINNING_MIN_TRIANGLES = 2048
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _validate(verts, colors, opacity, height, width, sigma, background, backend):
+    """Check arguments (shapes, dtypes, devices only: nothing here reads tensor values)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(sigma, numbers.Real) or isinstance(sigma, bool) or not sigma > 0:
+        raise ValueError(f"sigma must be a number > 0 (pixels), got {sigma!r}")
+    if not (float(sigma) < float("inf")):
+        raise ValueError(f"sigma must be finite, got {sigma!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if not isinstance(verts, Tensor):
+        raise TypeError(f"verts must be a tensor, got {type(verts).__name__}")
+    if not isinstance(colors, Tensor):
+        raise TypeError(f"colors must be a tensor, got {type(colors).__name__}")
+    _check_float("verts", verts)
+    _check_float("colors", colors)
+    if verts.dim() not in (3, 4) or tuple(verts.shape[-2:]) != (3, 2):
+        raise ValueError(f"verts must have shape (B, N, 3, 2) or (N, 3, 2), got {_shape(verts)}")
+    batched = verts.dim() == 4
+    lead = tuple(verts.shape[:-2])  # (B, N) or (N,)
+    lead_txt = "(B, N)" if batched else "(N,)"
+    flat = colors.dim() == len(lead) + 1
+    per_vertex = colors.dim() == len(lead) + 2 and colors.shape[-2] == 3
+    if not (flat or per_vertex) or tuple(colors.shape[: len(lead)]) != lead:
+        shapes = "(B, N, C) or (B, N, 3, C)" if batched else "(N, C) or (N, 3, C)"
+        raise ValueError(
+            f"colors must have shape {shapes} matching verts {_shape(verts)}, got {_shape(colors)}"
+        )
+    C = colors.shape[-1]
+    if C < 1:
+        raise ValueError(f"colors needs at least one channel, got {_shape(colors)}")
+    if opacity is not None:
+        if not isinstance(opacity, Tensor):
+            raise TypeError(f"opacity must be a tensor or None, got {type(opacity).__name__}")
+        _check_float("opacity", opacity)
+        if tuple(opacity.shape) != lead:
+            raise ValueError(
+                f"opacity must have shape {lead_txt} = {lead} matching verts {_shape(verts)}, "
+                f"got {_shape(opacity)}"
+            )
+    if isinstance(background, Tensor):
+        _check_float("background", background)
+        ok = (
+            background.dim() == 0
+            or (background.dim() == 1 and background.shape[0] == C)
+            or (batched and background.dim() == 2 and tuple(background.shape) == (lead[0], C))
+        )
+        if not ok:
+            shapes = f"(), ({C},)" + (f" or ({lead[0]}, {C})" if batched else "")
+            raise ValueError(
+                f"background must be None, a float or a tensor of shape {shapes} "
+                f"(C = {C} from colors {_shape(colors)}), got {_shape(background)}"
+            )
+    elif background is not None and (
+        not isinstance(background, numbers.Real) or isinstance(background, bool)
+    ):
+        raise TypeError(f"background must be None, a float or a tensor, got {background!r}")
+    for name, t in (("colors", colors), ("opacity", opacity), ("background", background)):
+        if isinstance(t, Tensor) and t.device != verts.device:
+            raise ValueError(
+                f"{name} is on {t.device} but verts is on {verts.device}: all tensors must share "
+                "one device"
+            )
+    return batched, per_vertex
+
+
+def _interpreter_active() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from tritri.kernels.raster_forward import raster_forward_kernel
+
+    return isinstance(raster_forward_kernel, InterpretedFunction)
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "torch":
+        return "torch"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError as err:
+            if backend == "triton":
+                raise RuntimeError("backend='triton' needs the triton package") from err
+            return "torch"
+        return "triton"
+    if backend == "auto":
+        return "triton" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    if device.type != "cpu" or not _interpreter_active():
+        raise RuntimeError(
+            f"backend='triton' on a {device.type} tensor needs the Triton interpreter: set "
+            "TRITON_INTERPRET=1 in the environment before importing tritri (or use "
+            "backend='torch', or CUDA tensors)"
+        )
+    return "triton"
+
+
+def raster_config(batch: int, n_triangles: int, height: int, width: int,
+                  device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Forward and backward launch configs for a problem (tritri.tuning, else defaults).
+
+    Tile size, chunk size and binning come from the forward config for both passes (the backward
+    replays the forward's walk); the backward config contributes its ``num_warps``.
+    """
+    problem = {"batch": batch, "n_triangles": n_triangles, "height": height, "width": width}
+    default = dict(DEFAULT_RASTER_CONFIG)
+    if n_triangles > SORTED_BINNING_MIN_TRIANGLES:
+        default["binning"] = "sorted"
+    if torch.compiler.is_compiling() or device.type != "cuda":
+        return default, default
+    try:
+        from tritri.tuning import get_config
+    except ImportError:
+        return default, default
+    forward = {**default, **get_config("raster_forward", problem)}
+    backward = {**forward, "num_warps": get_config("raster_backward", problem).get("num_warps", 4)}
+    return forward, backward
+
+
+def render(
+    verts: Tensor,
+    colors: Tensor,
+    opacity: Tensor | None = None,
+    *,
+    height: int,
+    width: int,
+    sigma: float = 0.5,
+    background: Tensor | float | None = None,
+    return_alpha: bool = False,
+    backend: str = "auto",
+    deterministic: bool | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Rasterize 2D triangles with soft edges, differentiably (SPEC section 2).
+
+    Args:
+        verts: (B, N, 3, 2) or (N, 3, 2) vertex positions, normalized: x in [0, 1] left to right,
+            y in [0, 1] top to bottom (values outside are legal; off-screen parts are clipped).
+        colors: (B, N, C) flat or (B, N, 3, C) per-vertex colors (unbatched: without B), any C >= 1.
+        opacity: (B, N) in [0, 1], or None for all ones.
+        height, width: output size in pixels.
+        sigma: edge softness in pixels: coverage = sigmoid(signed distance / sigma).
+        background: None (0), a float, (C,) or (B, C).
+        return_alpha: also return alpha = 1 - final transmittance, (B, 1, H, W).
+        backend: "triton" (tiled Triton kernels; CUDA, or CPU under TRITON_INTERPRET=1), "torch"
+            (tiled PyTorch, for CPU users) or "auto" (triton for CUDA tensors and under the
+            interpreter, torch otherwise).
+        deterministic: sum gradients in a fixed order (Triton backend: per-pair partials instead
+            of atomics; costs one host sync to size the pair lists). None follows
+            ``torch.are_deterministic_algorithms_enabled()``. The torch backend is always
+            deterministic on the CPU.
+
+    Returns:
+        (B, C, H, W) image in the dtype of ``colors`` (math in float32), plus (B, 1, H, W) alpha if
+        ``return_alpha``; unbatched input gives unbatched output.
+
+    Every floating input gets a gradient. A triangle with a non-finite value or a doubled area
+    below 1e-6 px² contributes nothing and gets zero gradient. N = 0 renders the background.
+    """
+    batched, per_vertex = _validate(
+        verts, colors, opacity, height, width, sigma, background, backend
+    )
+    height, width, sigma = int(height), int(width), float(sigma)
+    if not batched:
+        verts, colors = verts.unsqueeze(0), colors.unsqueeze(0)
+        opacity = None if opacity is None else opacity.unsqueeze(0)
+    B, N = verts.shape[:2]
+    C = colors.shape[-1]
+    device = verts.device
+    out_dtype = colors.dtype
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+
+    if isinstance(background, Tensor):
+        bg = background.float().expand(B, C)
+    else:
+        bg = torch.full((B, C), float(background or 0.0), device=device)
+
+    if N == 0:
+        image = bg[:, :, None, None].expand(B, C, height, width)
+        T = torch.ones(B, height, width, device=device)
+    else:
+        if opacity is None:
+            opacity = torch.ones(B, N, device=device)
+        prep = prepare_triangles(verts.float(), colors.float(), opacity.float(), height, width,
+                                 sigma)  # fmt: skip
+        if _resolve_backend(backend, device) == "triton":
+            from tritri.ops import rasterize
+
+            fwd, _ = raster_config(B, N, height, width, device)
+            color, T = rasterize(
+                prep.edges, prep.edges.new_empty(0) if prep.bary is None else prep.bary,
+                prep.colors, prep.opacity, prep.cull, height, width, int(fwd["tile"]),
+                int(fwd["chunk"]), int(fwd["num_warps"]), str(fwd["binning"]),
+                int(fwd["pairs_per_triangle"]), bool(deterministic),
+            )  # fmt: skip
+        else:
+            from tritri.torch_backend import rasterize_torch
+
+            color, T = rasterize_torch(prep, height, width)
+        image = color + T[:, None] * bg[:, :, None, None]
+
+    image = image.to(out_dtype)
+    alpha = (1.0 - T)[:, None].to(out_dtype)
+    if not batched:
+        image, alpha = image[0], alpha[0]
+    return (image, alpha) if return_alpha else image
+
+
+class TriangleRenderer(nn.Module):
+    """:func:`render` as a module: ``renderer(verts, colors, opacity=None)``.
+
+    A tensor ``background`` is kept as a buffer (moves with ``.to()``), or as a parameter if it is
+    an
+    ``nn.Parameter`` (a learnable background).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        sigma: float = 0.5,
+        background: Tensor | float | None = None,
+        backend: str = "auto",
+        return_alpha: bool = False,
+        deterministic: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.height, self.width, self.sigma = height, width, sigma
+        self.backend, self.return_alpha, self.deterministic = backend, return_alpha, deterministic
+        if isinstance(background, nn.Parameter):
+            self.background = background
+        elif isinstance(background, Tensor):
+            self.register_buffer("background", background)
+        else:
+            self.background = background
+
+    def forward(
+        self, verts: Tensor, colors: Tensor, opacity: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        return render(
+            verts, colors, opacity, height=self.height, width=self.width, sigma=self.sigma,
+            background=self.background, return_alpha=self.return_alpha, backend=self.backend,
+            deterministic=self.deterministic,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"height={self.height}, width={self.width}, sigma={self.sigma}, "
+            f"backend={self.backend!r}"
+        )
