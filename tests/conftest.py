@@ -1,20 +1,9 @@
-"""Test setup.
-
-Without a CUDA GPU the Triton kernels run under the Triton interpreter, which must be switched on
-before triton (or tritri) is imported. With a GPU (``nvidia-smi`` on PATH) they run natively unless
-TRITON_INTERPRET is set explicitly.
-"""
+"""Test fixtures and the ``gpu`` marker (the interpreter switch is in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
-if "TRITON_INTERPRET" not in os.environ and shutil.which("nvidia-smi") is None:
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,7 +12,10 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("tritri.fit", "fit an image with triangles"),
-    "tune": ("tritri.tuning.tune", "benchmark kernel configs on this GPU and write its config file"),
+    "tune": (
+        "tritri.tuning.tune",
+        "benchmark kernel configs on this GPU and write its config file",
+    ),
     "plot": ("tritri.losses.plot", "plot the loss curves of a metrics .jsonl file"),
 }
 
