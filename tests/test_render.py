@@ -95,9 +95,8 @@ def test_triton_binning_modes(binning, capacity, deterministic, monkeypatch):
 
     bin_triangles = tritri.ops.bin_triangles
     monkeypatch.setattr(tritri.ops, "bin_triangles", spy)
-    monkeypatch.setitem(render_module.DEFAULT_RASTER_CONFIG, "binning", binning)
-    monkeypatch.setitem(render_module.DEFAULT_RASTER_CONFIG, "pairs_per_triangle", capacity)
-    monkeypatch.setitem(render_module.DEFAULT_RASTER_CONFIG, "tile", 8)
+    override = {"binning": binning, "pairs_per_triangle": capacity, "tile": 8}
+    monkeypatch.setattr(render_module, "RASTER_CONFIG_OVERRIDE", override)
     scene, bg = _scene(SCENES["per_vertex_rgba"])
     compare("triton", scene, 19, 18, background=bg, deterministic=deterministic)
     expect_bins = binning == "sorted" or deterministic

@@ -51,6 +51,7 @@ def rasterize(
     tile: int,
     chunk: int,
     num_warps: int,
+    num_warps_backward: int,
     binning: str,
     pairs_per_triangle: int,
     deterministic: bool,
@@ -60,7 +61,8 @@ def rasterize(
     ``bary`` is an empty tensor for flat colors. ``binning``: "scan" (every tile scans all
     triangles) or "sorted" (per-tile lists, capacity ``pairs_per_triangle * B * N``; overflowing
     images fall back to scanning). ``deterministic`` bins exactly (one host sync) and sums
-    gradients in a fixed order.
+    gradients in a fixed order. ``num_warps_backward`` is the backward launch's (the backward
+    replays the forward's tiles and chunks, so those are shared).
     """
     bins = _bins(edges, cull, height, width, tile, binning, pairs_per_triangle, deterministic)
     return raster_forward(
@@ -69,8 +71,8 @@ def rasterize(
 
 
 @rasterize.register_fake
-def _(edges, bary, colors, opacity, cull, height, width, tile, chunk, num_warps, binning,
-      pairs_per_triangle, deterministic):  # fmt: skip
+def _(edges, bary, colors, opacity, cull, height, width, tile, chunk, num_warps,
+      num_warps_backward, binning, pairs_per_triangle, deterministic):  # fmt: skip
     B, C = edges.shape[0], colors.shape[-1]
     return (
         edges.new_empty(B, C, height, width),
@@ -119,7 +121,8 @@ def _(grad_color, grad_T, color, T, edges, bary, colors, opacity, cull, *args):
 
 def _setup_context(ctx, inputs, output):
     edges, bary, colors, opacity, cull = inputs[:5]
-    ctx.config = inputs[5:]
+    height, width, tile, chunk, _, num_warps_backward, *rest = inputs[5:]
+    ctx.config = (height, width, tile, chunk, num_warps_backward, *rest)
     ctx.save_for_backward(edges, bary, colors, opacity, cull, *output)
 
 
@@ -132,7 +135,7 @@ def _backward(ctx, grad_color, grad_T):
     g_edges, g_bary, g_colors, g_opacity = rasterize_backward(
         grad_color, grad_T, color, T, edges, bary, colors, opacity, cull, *ctx.config
     )
-    return g_edges, g_bary if bary.numel() else None, g_colors, g_opacity, *([None] * 9)
+    return g_edges, g_bary if bary.numel() else None, g_colors, g_opacity, *([None] * 10)
 
 
 rasterize.register_autograd(_backward, setup_context=_setup_context)

@@ -18,16 +18,8 @@ from tritri.geometry import prepare_triangles
 
 _BACKENDS = ("auto", "triton", "torch")
 
-#: Used when tritri.tuning has nothing better (and inside torch.compile traces).
-DEFAULT_RASTER_CONFIG: dict[str, Any] = {
-    "tile": 16,
-    "chunk": 8,
-    "num_warps": 4,
-    "num_stages": 1,
-    "binning": "scan",
-    "pairs_per_triangle": 16,
-}
-SORTED_BINNING_MIN_TRIANGLES = 2048
+#: Tests and experiments: keys laid over every raster config (None: no override).
+RASTER_CONFIG_OVERRIDE: dict[str, Any] | None = None
 
 
 def _shape(t: Any) -> str:
@@ -136,26 +128,31 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return "triton"
 
 
-def raster_config(batch: int, n_triangles: int, height: int, width: int,
-                  device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Forward and backward launch configs for a problem (tritri.tuning, else defaults).
+def raster_config(
+    batch: int, n_triangles: int, height: int, width: int, device: torch.device
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Forward and backward launch configs for a problem.
 
+    On CUDA they come from :func:`tritri.tuning.get_config` (tuned file, else the heuristic
+    default); on the CPU and inside ``torch.compile`` traces from the heuristic default directly.
     Tile size, chunk size and binning come from the forward config for both passes (the backward
     replays the forward's walk); the backward config contributes its ``num_warps``.
     """
+    from tritri.tuning.defaults import raster_default
+
     problem = {"batch": batch, "n_triangles": n_triangles, "height": height, "width": width}
-    default = dict(DEFAULT_RASTER_CONFIG)
-    if n_triangles > SORTED_BINNING_MIN_TRIANGLES:
-        default["binning"] = "sorted"
     if torch.compiler.is_compiling() or device.type != "cuda":
-        return default, default
-    try:
+        forward = raster_default(problem)
+        backward = dict(forward)
+    else:
         from tritri.tuning import get_config
-    except ImportError:
-        return default, default
-    forward = {**default, **get_config("raster_forward", problem)}
-    backward = {**forward, "num_warps": get_config("raster_backward", problem).get("num_warps", 4)}
-    return forward, backward
+
+        forward = get_config("raster_forward", problem)
+        backward = get_config("raster_backward", problem)
+    if RASTER_CONFIG_OVERRIDE:
+        forward = {**forward, **RASTER_CONFIG_OVERRIDE}
+        backward = {**backward, **RASTER_CONFIG_OVERRIDE}
+    return forward, {**forward, "num_warps": backward["num_warps"]}
 
 
 def render(
@@ -227,12 +224,12 @@ def render(
         if _resolve_backend(backend, device) == "triton":
             from tritri.ops import rasterize
 
-            fwd, _ = raster_config(B, N, height, width, device)
+            fwd, bwd = raster_config(B, N, height, width, device)
             color, T = rasterize(
                 prep.edges, prep.edges.new_empty(0) if prep.bary is None else prep.bary,
                 prep.colors, prep.opacity, prep.cull, height, width, int(fwd["tile"]),
-                int(fwd["chunk"]), int(fwd["num_warps"]), str(fwd["binning"]),
-                int(fwd["pairs_per_triangle"]), bool(deterministic),
+                int(fwd["chunk"]), int(fwd["num_warps"]), int(bwd["num_warps"]),
+                str(fwd["binning"]), int(fwd["pairs_per_triangle"]), bool(deterministic),
             )  # fmt: skip
         else:
             from tritri.torch_backend import rasterize_torch
