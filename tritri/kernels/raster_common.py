@@ -36,6 +36,25 @@ def tile_pixels(tile, n_tiles_x, H, W, TILE: tl.constexpr):
 
 
 @triton.jit
+def tile_work(pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, ALWAYS_SCAN: tl.constexpr):
+    """How the (image, tile) program ``pid`` walks its triangles: scan flag, list end, item count.
+
+    Scan mode (always, or when the image's lists overflowed) visits all N triangles; list mode the
+    tile's sorted list ``[start, end)``.
+    """
+    if ALWAYS_SCAN:
+        scan = 1
+        list_end = pid * 0
+        n_items = pid * 0 + N
+    else:
+        scan = tl.load(scan_ptr + b).to(tl.int32)
+        list_start = tl.load(tile_start_ptr + pid)
+        list_end = tl.load(tile_end_ptr + pid)
+        n_items = tl.where(scan != 0, N, list_end - list_start)
+    return scan, list_end, n_items
+
+
+@triton.jit
 def chunk_triangles(
     b, N, it, n_items, scan, list_end, tri_list_ptr, cull_ptr, edges_ptr,
     xmin, xmax, ymin, ymax, G: tl.constexpr,

@@ -20,6 +20,7 @@ from tritri.kernels.raster_common import (
     composite_chunk,
     load_colors,
     tile_pixels,
+    tile_work,
 )
 
 
@@ -41,15 +42,9 @@ def raster_forward_kernel(
     tile = pid % n_tiles
     row, col, pmask, px, py, xmin, xmax, ymin, ymax = tile_pixels(tile, n_tiles_x, H, W, TILE)
 
-    if ALWAYS_SCAN:
-        scan = 1
-        list_end = pid * 0
-        n_items = pid * 0 + N
-    else:
-        scan = tl.load(scan_ptr + b).to(tl.int32)
-        list_start = tl.load(tile_start_ptr + pid)
-        list_end = tl.load(tile_end_ptr + pid)
-        n_items = tl.where(scan != 0, N, list_end - list_start)
+    scan, list_end, n_items = tile_work(
+        pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, ALWAYS_SCAN
+    )
 
     T = tl.full((P,), 1.0, tl.float32)
     done = (pmask == 0).to(tl.int32)
