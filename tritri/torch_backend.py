@@ -72,10 +72,14 @@ def rasterize_torch(
     prep: PreparedTriangles,
     height: int,
     width: int,
-    tile: int = 16,
+    tile: int = 8,
     max_elements: int = MAX_GROUP_ELEMENTS,
 ) -> tuple[Tensor, Tensor]:
-    """Color (B, C, H, W) without background and transmittance (B, H, W), fp32."""
+    """Color (B, C, H, W) without background and transmittance (B, H, W), fp32.
+
+    8x8 tiles by default: on the CPU shorter, more even per-tile lists beat fewer, larger tiles
+    (measured ~3-5x faster forward+backward than 16x16 at 192-256 px with 256-1024 triangles).
+    """
     edges, opacity = prep.edges, prep.opacity
     B, N = edges.shape[:2]
     V, C = prep.colors.shape[-2:]
