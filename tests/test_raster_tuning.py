@@ -34,3 +34,23 @@ def test_tuning_a_tiny_problem_picks_a_verified_config(raster_tunables, kernel):
     entry, summary = tune_problem(tunable, TINY, time_fn=lambda run: (run(), next(times))[1])
     assert entry is not None and entry["verified"], summary
     assert entry["config"] == dict(tunable.candidates[1])
+
+
+def test_every_launcher_kernel_has_a_default_and_cpu_uses_it(recwarn):
+    import tritri.kernels.log_sum as log_sum
+    import tritri.kernels.loss_levels as loss_levels
+    from tritri.tuning import launch_config, registered_kernels
+    from tritri.tuning.defaults import raster_default
+
+    expected = {"raster_forward", "raster_backward", "loss_level_forward", "loss_level_backward",
+                "log_sum"}  # fmt: skip
+    assert expected <= set(registered_kernels())
+    level = {"batch": 2, "channels": 64, "pixels": 4096}
+    assert launch_config("loss_level_forward", level, "cpu") == loss_levels.default_level_config(
+        level
+    )
+    assert launch_config("log_sum", {"batch": 4, "n_losses": 3}, "cpu") == (
+        log_sum.default_log_sum_config({"batch": 4, "n_losses": 3})
+    )
+    assert launch_config("raster_forward", TINY, "cpu") == raster_default(TINY)
+    assert not [w for w in recwarn if "config" in str(w.message).lower()]  # CPU: no warning

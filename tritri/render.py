@@ -133,22 +133,16 @@ def raster_config(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Forward and backward launch configs for a problem.
 
-    On CUDA they come from :func:`tritri.tuning.get_config` (tuned file, else the heuristic
-    default); on the CPU and inside ``torch.compile`` traces from the heuristic default directly.
+    From :func:`tritri.tuning.launch_config`: on CUDA the tuned file for this GPU (else the
+    heuristic default); on the CPU and inside ``torch.compile`` traces the heuristic default.
     Tile size, chunk size and binning come from the forward config for both passes (the backward
     replays the forward's walk); the backward config contributes its ``num_warps``.
     """
-    from tritri.tuning.defaults import raster_default
+    from tritri.tuning import launch_config
 
     problem = {"batch": batch, "n_triangles": n_triangles, "height": height, "width": width}
-    if torch.compiler.is_compiling() or device.type != "cuda":
-        forward = raster_default(problem)
-        backward = dict(forward)
-    else:
-        from tritri.tuning import get_config
-
-        forward = get_config("raster_forward", problem)
-        backward = get_config("raster_backward", problem)
+    forward = launch_config("raster_forward", problem, device)
+    backward = launch_config("raster_backward", problem, device)
     if RASTER_CONFIG_OVERRIDE:
         forward = {**forward, **RASTER_CONFIG_OVERRIDE}
         backward = {**backward, **RASTER_CONFIG_OVERRIDE}

@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.tuning import launch_config, register_default
+
 __all__ = ["LOG_SUM_KERNEL", "LOG_SUM_PROBLEM_KEYS", "default_log_sum_config", "log_sum_forward"]
 
 LOG_SUM_KERNEL = "log_sum"
@@ -83,7 +85,7 @@ def log_sum_forward(
         raise ValueError(f"eps must have shape ({B},), got {tuple(eps.shape)}")
     if eps.device != losses.device:
         raise ValueError(f"eps is on {eps.device}, losses on {losses.device}")
-    cfg = config or default_log_sum_config({"batch": B, "n_losses": K})
+    cfg = config or launch_config(LOG_SUM_KERNEL, {"batch": B, "n_losses": K}, losses.device)
     block_b = cfg["BLOCK_B"]
     block_k = triton.next_power_of_2(K)
     L = losses.contiguous()
@@ -98,3 +100,6 @@ def log_sum_forward(
         BLOCK_B=block_b, BLOCK_K=block_k, num_warps=cfg.get("num_warps", 1),
     )  # fmt: skip
     return log_part.sum(0), reg_part.sum(0), grad
+
+
+register_default(LOG_SUM_KERNEL, default_log_sum_config)

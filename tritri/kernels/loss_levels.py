@@ -34,6 +34,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.tuning import launch_config, register_default
+
 __all__ = [
     "LEVEL_KERNELS",
     "LEVEL_PROBLEM_KEYS",
@@ -288,7 +290,8 @@ def level_losses_forward(
     _check(f, t, lin_weights, do_lpips)
     B, C, H, W = f.shape
     P = H * W
-    cfg = config or default_level_config({"batch": B, "channels": C, "pixels": P})
+    problem = {"batch": B, "channels": C, "pixels": P}
+    cfg = config or launch_config("loss_level_forward", problem, f.device)
     block_c, block_p = cfg["BLOCK_C"], cfg["BLOCK_P"]
     f, f_sn, f_sc, f_sp = _spatial_strides(f, "pred_features")
     t, t_sn, t_sc, t_sp = _spatial_strides(t, "target_features")
@@ -329,7 +332,8 @@ def level_losses_backward(
     _check(f, t, lin_weights, do_lpips)
     B, C, H, W = f.shape
     P = H * W
-    cfg = config or default_level_config({"batch": B, "channels": C, "pixels": P})
+    problem = {"batch": B, "channels": C, "pixels": P}
+    cfg = config or launch_config("loss_level_backward", problem, f.device)
     block_c, block_p = cfg["BLOCK_C"], cfg["BLOCK_P"]
     f, f_sn, f_sc, f_sp = _spatial_strides(f, "pred_features")
     t, t_sn, t_sc, t_sp = _spatial_strides(t, "target_features")
@@ -352,3 +356,7 @@ def level_losses_backward(
         num_warps=cfg.get("num_warps", 4),
     )  # fmt: skip
     return df
+
+
+for _kernel in LEVEL_KERNELS:
+    register_default(_kernel, default_level_config)

@@ -475,3 +475,17 @@ def clear_cache() -> None:
     _cuda_device_name.cache_clear()
     with _LOCK:
         _WARNED.clear()
+
+
+def launch_config(kernel: str, problem: Mapping[str, Any], device: Any) -> dict[str, Any]:
+    """The config a launcher uses for tensors on ``device``.
+
+    CUDA tensors: :func:`get_config` (tuned file for this GPU, else the default with one warning).
+    Anything else (CPU tensors under the Triton interpreter), and inside ``torch.compile`` traces
+    (where file lookups cannot be traced): the heuristic default, without reading files.
+    """
+    import torch
+
+    if getattr(device, "type", device) != "cuda" or torch.compiler.is_compiling():
+        return default_config(kernel, problem)
+    return get_config(kernel, problem)
