@@ -59,9 +59,12 @@ def _sync(device):
 
 
 def build_stacks(batch: int, size: int, device: torch.device):
-    """``(naive, fused, crit, encoded_target, pred)``: two zero-argument callables that each run
-    one forward + backward of the same objective on the same ``(batch, 3, size, size)`` pair and
-    return ``(total, grad wrt pred)``."""
+    """``(naive, fused, crit, encoded_target, pred, naive_objective, fused_objective)``.
+
+    ``naive`` / ``fused`` are zero-argument callables that each run one forward + backward of the
+    same objective on the same ``(batch, 3, size, size)`` pair and return ``(total, grad wrt
+    pred)``; the ``*_objective(pred) -> total`` functions are the objectives themselves against
+    the fixed target (for the training-step benchmark)."""
     import_torchvision()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -90,25 +93,29 @@ def build_stacks(batch: int, size: int, device: torch.device):
     pred0 = torch.rand(shape, generator=g).to(device)
     enc = crit.encode(target)
 
-    def naive():
-        pred = pred0.clone().requires_grad_()
+    def naive_objective(pred):
         losses = [
             (pred - target).abs().mean(),
             perc(pred, target),
             lp(pred, target, normalize=True).mean(),
         ]
         total = sum(torch.log(v + eps) for v in losses)
-        total = total + sum(0.01 * (1e-4 - v) ** 2 for v in losses if v.item() < 1e-4)
-        total.backward()
-        return total.detach(), pred.grad
+        return total + sum(0.01 * (1e-4 - v) ** 2 for v in losses if v.item() < 1e-4)
 
-    def fused():
-        pred = pred0.clone().requires_grad_()
-        total = geo(crit(pred, enc))
-        total.backward()
-        return total.detach(), pred.grad
+    def fused_objective(pred):
+        return geo(crit(pred, enc))
 
-    return naive, fused, crit, enc, pred0
+    def step(objective):
+        def run():
+            pred = pred0.clone().requires_grad_()
+            total = objective(pred)
+            total.backward()
+            return total.detach(), pred.grad
+
+        return run
+
+    return (step(naive_objective), step(fused_objective), crit, enc, pred0, naive_objective,
+            fused_objective)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -125,7 +132,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    naive, fused, crit, enc, pred0 = build_stacks(args.batch, args.size, device)
+    naive, fused, crit, enc, pred0, *_ = build_stacks(args.batch, args.size, device)
 
     t_naive, g_naive = naive()
     t_fused, g_fused = fused()
