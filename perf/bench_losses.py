@@ -156,8 +156,8 @@ def main(argv=None) -> int:
         timed(fused)
     tn, tf, ratios = [], [], []
     for i in range(args.iters):
-        order = (naive, fused) if i % 2 == 0 else (fused, naive)
-        times = {fn.__name__: timed(fn) for fn in order}
+        order = (("naive", naive), ("fused", fused))
+        times = {name: timed(fn) for name, fn in (order if i % 2 == 0 else order[::-1])}
         tn.append(times["naive"])
         tf.append(times["fused"])
         ratios.append(times["naive"] / times["fused"])
