@@ -1,0 +1,434 @@
+"""``tritri fit [IMAGE]``: fit an image with N colored, semi-transparent triangles.
+
+With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
+domain). The defaults (1024 triangles, 300 steps, longest side 256 px, a Delaunay-mosaic start)
+run offline on a CPU in well under two minutes. Outputs, in ``--out``:
+
+- ``final.png`` the fit; ``comparison.png`` target | fit side by side;
+- ``triangles.svg`` the fit as vector polygons (fill opacity, draw order);
+- ``triangles.json`` the parameters (continue with ``--init triangles.json``);
+- ``metrics.jsonl`` one record per logged step (``step``, ``total``, ``loss/<name>``, ``psnr``,
+  the balancer's weights, the monitor's warnings); ``loss.png`` the curves (needs matplotlib).
+
+Losses: ``--losses auto`` (default) is the pixel pair ``l1,mse``; on a GPU with the pretrained
+VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptual,lpips``. Naming
+VGG losses in ``--losses`` fetches torchvision's weights (once) when they are not cached. They are
+balanced by the geometric mean of the losses unless ``--balancer`` / ``--config`` says otherwise.
+
+The outputs hold the triangles of the step with the best PSNR (normally the last; ``--last``
+forces the last). ``--init triangles.json`` continues a fit, with the learning rates warmed up
+over the first 10 % of the steps so that Adam's fresh moments do not shake a converged fit loose.
+Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["DEFAULTS", "add_arguments", "main", "run"]
+
+#: Default settings (measured: see perf/fit_quality.py and docs).
+DEFAULTS: dict[str, Any] = {
+    "triangles": 1024,
+    "steps": 300,
+    "size": 256,
+    "lr": 0.2,
+    "lr_verts": 2.0,
+    "sigma": 0.5,
+    "out": "tritri_fit",
+    "balancer": "geometric_mean",
+}
+
+_PROG = "tritri fit"
+
+
+class _UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def _one_line_error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+    self.exit(2, f"{_PROG}: error: {message} (see {_PROG} --help)\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``tritri fit``'s options on ``parser``."""
+    parser.description = (
+        "Fit an image with N colored, semi-transparent triangles (default: the bundled sample "
+        "photograph). Writes final.png, comparison.png, triangles.svg, triangles.json, "
+        "metrics.jsonl and loss.png to --out."
+    )
+    # Bad arguments: one line, not argparse's usage block.
+    parser.error = types.MethodType(_one_line_error, parser)  # type: ignore[method-assign]
+    d = DEFAULTS
+    parser.add_argument(
+        "image", nargs="?", default=None,
+        help="image to fit (any format Pillow reads); default: the bundled sample photograph",
+    )  # fmt: skip
+    parser.add_argument(
+        "--triangles", "-n", type=int, default=None,
+        help=f"number of triangles (default: {d['triangles']}, or the count in an --init JSON)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, default=d["steps"], help="optimizer steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=d["size"],
+        help="longest side of the fit, in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--losses", default="auto",
+        help="comma-separated losses from l1, mse, perceptual, lpips; 'auto' = l1,mse, plus "
+        "perceptual,lpips on a GPU when the VGG16 weights are at hand (default: auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vgg-weights", default="DEFAULT", metavar="DEFAULT|PATH",
+        help="VGG16 weights of the perceptual / lpips losses: DEFAULT = torchvision's ImageNet "
+        "weights (downloaded once into the torch hub cache; the default), or a torchvision-format "
+        "state dict",
+    )  # fmt: skip
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--balancer", default=d["balancer"],
+        help="loss balancer type (geometric_mean, weighted_sum, uncertainty, gradnorm, adaptive, "
+        "alternating, mgda, ...; default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--config", default=None, metavar="YAML",
+        help="balancer config file (layout: loss: {type: geometric_mean, epsilon: 1e-8, ...})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--init", default="delaunay", metavar="delaunay|random|FILE.json",
+        help="start: the Delaunay mosaic of the image, random triangles, or a triangles.json to "
+        "continue from (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=d["lr"],
+        help="learning rate of the color/opacity logits (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-verts", type=float, default=d["lr_verts"],
+        help="learning rate of the vertex positions, in pixels of the longest side "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=d["sigma"],
+        help="edge softness of the render, in pixels (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1..."
+    )
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", "torch", "triton"),
+        help="tritri.render backend (auto: Triton on CUDA, tiled PyTorch on the CPU)",
+    )  # fmt: skip
+    parser.add_argument("--out", default=d["out"], help="output directory (default: %(default)s)")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=1,
+        help="write a metrics record every this many steps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--last", action="store_true",
+        help="write the last step's triangles (default: those of the step with the best PSNR)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _note(message: str) -> None:
+    print(f"{_PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _device(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise _UsageError(f"--device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _UsageError(f"--device {spec}: CUDA is not available on this machine")
+    return device
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.triangles is not None and args.triangles < 2:
+        raise _UsageError(f"--triangles must be >= 2, got {args.triangles}")
+    if args.steps < 0:
+        raise _UsageError(f"--steps must be >= 0, got {args.steps}")
+    if args.size < 8:
+        raise _UsageError(f"--size must be >= 8 pixels, got {args.size}")
+    for flag, value in (("--lr", args.lr), ("--lr-verts", args.lr_verts), ("--sigma", args.sigma)):
+        if not value > 0:
+            raise _UsageError(f"{flag} must be > 0, got {value}")
+    if args.log_every < 1:
+        raise _UsageError(f"--log-every must be >= 1, got {args.log_every}")
+    if args.config is not None and not Path(args.config).is_file():
+        raise _UsageError(f"--config: no such file: {args.config!r}")
+
+
+def _resolve_losses(args: argparse.Namespace, device) -> tuple[tuple[str, ...], Any, str | None]:
+    """The loss names, the VGG weights to build them with, and a note for the user (or None)."""
+    from tritri.fitting.objective import FULL_LOSSES, PIXEL_LOSSES, VGG_LOSSES, parse_losses
+    from tritri.fitting.objective import cached_vgg_weights as cached
+
+    spec = args.vgg_weights
+    if spec != "DEFAULT" and not Path(spec).is_file():
+        raise _UsageError(f"--vgg-weights: no such file: {spec!r} (or pass DEFAULT)")
+    local = Path(spec) if spec != "DEFAULT" else cached()
+    full = ",".join(FULL_LOSSES)
+    if args.losses.strip().lower() == "auto":
+        if local is None:
+            return (
+                PIXEL_LOSSES,
+                None,
+                "pretrained VGG16 weights are not available offline, so fitting with "
+                f"{','.join(PIXEL_LOSSES)} only; --losses {full} downloads them once and fits the "
+                "full objective",
+            )
+        if device.type != "cuda":
+            return (
+                PIXEL_LOSSES,
+                None,
+                f"fitting with {','.join(PIXEL_LOSSES)} on the CPU (the VGG losses cost about a "
+                f"second a step here); --losses {full} fits the full objective",
+            )
+        return FULL_LOSSES, str(local), None
+    try:
+        names = parse_losses(args.losses)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    needs_vgg = any(n in VGG_LOSSES for n in names)
+    weights = (str(local) if local is not None else "DEFAULT") if needs_vgg else None
+    return names, weights, None
+
+
+def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
+    from tritri.losses import build_balancer
+
+    try:
+        if args.config is not None:
+            return build_balancer(args.config, names=list(names))
+        config: dict[str, Any] = {"type": args.balancer}
+        if args.balancer == "weighted_sum":
+            config["weights"] = dict.fromkeys(names, 1.0)
+        return build_balancer(config, names=list(names))
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        flag = "--config" if args.config is not None else "--balancer"
+        raise _UsageError(f"{flag}: {err}") from None
+
+
+def _initial_params(args: argparse.Namespace, target):
+    from tritri.fitting.params import init_delaunay, init_random, load_triangles_json
+
+    n = args.triangles if args.triangles is not None else DEFAULTS["triangles"]
+    if args.init == "delaunay":
+        return init_delaunay(target, n, seed=args.seed), "Delaunay mosaic"
+    if args.init == "random":
+        return init_random(target, n, seed=args.seed), "random triangles"
+    path = Path(args.init)
+    if not path.is_file():
+        raise _UsageError(
+            f"--init must be delaunay, random or a triangles.json; {args.init!r} is none"
+        )
+    try:
+        params, _ = load_triangles_json(path)
+    except ValueError as err:
+        raise _UsageError(f"--init: {err}") from None
+    if args.triangles is not None and args.triangles != params.n_triangles:
+        raise _UsageError(
+            f"--triangles {args.triangles} does not match the {params.n_triangles} triangles in "
+            f"{path}; leave --triangles out to continue that fit"
+        )
+    return params, str(path)
+
+
+def _plot(metrics: Path, out: Path) -> Path | None:
+    try:
+        from tritri.losses.plot import plot_run, read_jsonl
+    except ModuleNotFoundError:  # pragma: no cover - tritri.losses.plot is part of tritri
+        return None
+    records = read_jsonl(metrics) if metrics.is_file() else []
+    if not records:
+        return None
+    try:
+        return plot_run(records, out, title="tritri fit")
+    except ModuleNotFoundError:
+        _note("matplotlib is not installed, so no loss.png (pip install 'tritri[plot]')")
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tritri fit`` with parsed ``args``; returns the exit status (0, 2 bad arguments, 130
+    interrupted by Ctrl-C after writing the outputs)."""
+    try:
+        return _run(args)
+    except _UsageError as err:
+        print(f"{_PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check(args)
+    import torch
+    from tqdm import tqdm
+
+    import tritri
+    from tritri.fitting.export import load_image, save_comparison, save_png, save_svg
+    from tritri.fitting.loop import fit_triangles, psnr
+    from tritri.fitting.objective import FitLosses
+    from tritri.fitting.params import save_triangles_json
+    from tritri.losses import LossMonitor
+
+    device = _device(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        target = load_image(args.image, args.size)
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    _, H, W = target.shape
+    names, weights, note = _resolve_losses(args, device)
+    try:
+        criterion = FitLosses(names, weights=weights)
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        first = str(err).split(". Either")[0]
+        raise _UsageError(
+            f"cannot build the {','.join(names)} losses: {first}; pass --vgg-weights PATH or "
+            "--losses l1,mse"
+        ) from None
+    if min(H, W) < criterion.min_size:
+        raise _UsageError(
+            f"the VGG losses need images of at least {criterion.min_size} px a side; the fit is "
+            f"{W}x{H} (raise --size)"
+        )
+    balancer = _build_balancer(args, names)
+    params, start = _initial_params(args, target)
+    # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
+    continuing = args.init not in ("delaunay", "random")
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _UsageError(f"--out: cannot create {str(out)!r}: {err}") from None
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    if note is not None:
+        _note(note)
+
+    target = target.to(device)
+    params = params.to(device)
+    criterion = criterion.to(device)
+    balancer = balancer.to(device)
+    encoded = criterion.encode(target[None])
+    with torch.no_grad():
+        verts, colors, opacity, background = params()
+        try:
+            start_image = tritri.render(
+                verts[None], colors[None], opacity[None], height=H, width=W, sigma=args.sigma,
+                background=background, backend=args.backend,
+            )[0]  # fmt: skip
+        except RuntimeError as err:  # e.g. --backend triton on a CPU without the interpreter
+            raise _UsageError(f"--backend {args.backend}: {str(err).splitlines()[0]}") from None
+    start_psnr = psnr(start_image, target)
+    image_name = args.image if args.image is not None else "the sample image"
+    _note(
+        f"fitting {image_name} ({W}x{H}) with {params.n_triangles} triangles, {args.steps} steps, "
+        f"losses {','.join(names)}, {type(balancer).__name__}, on {device}; start: {start} "
+        f"({start_psnr:.2f} dB)"
+    )
+
+    monitor = LossMonitor(metrics, warn=False)
+    bar = tqdm(
+        total=args.steps, desc="fit", unit="step", dynamic_ncols=True, disable=args.quiet,
+        file=sys.stderr,
+    )  # fmt: skip
+
+    def on_warning(event: dict[str, Any]) -> None:
+        tqdm.write(f"{_PROG}: warning: step {event['step']}: {event['message']}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
+        result = fit_triangles(
+            params, target, steps=args.steps, criterion=criterion, target_encoded=encoded,
+            balancer=balancer, monitor=monitor, lr=args.lr, lr_verts_px=args.lr_verts,
+            sigma=args.sigma, backend=args.backend, log_every=args.log_every, seed=args.seed,
+            progress=bar, on_warning=on_warning, keep_best=not args.last,
+            warmup=0.1 if continuing else 0.0,
+        )  # fmt: skip
+    finally:
+        bar.close()
+        monitor.close()
+    if result.interrupted:
+        _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
+
+    files = [
+        save_png(result.image, out / "final.png"),
+        save_comparison(target, result.image, out / "comparison.png"),
+    ]
+    vals = params.values()
+    files.append(
+        save_svg(
+            vals["verts"],
+            vals["colors"],
+            vals["opacity"],
+            vals["background"],
+            out / "triangles.svg",
+            width=W,
+            height=H,
+            title=f"tritri fit: {params.n_triangles} triangles, PSNR {result.psnr:.2f} dB",
+        )  # fmt: skip
+    )
+    files.append(
+        save_triangles_json(
+            params,
+            out / "triangles.json",
+            width=W,
+            height=H,
+            sigma=args.sigma,
+            extra={
+                "psnr": round(result.psnr, 4),
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "losses": list(names),
+                "image": os.fspath(args.image) if args.image is not None else "astronaut.png",
+            },
+        )  # fmt: skip
+    )
+    files.append(metrics)
+    plot = _plot(metrics, out / "loss.png")
+    if plot is not None:
+        files.append(plot)
+    seconds = time.perf_counter() - t0
+    best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
+    _note(
+        f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
+        f"{best} in {seconds:.1f} s; wrote {', '.join(str(f) for f in files)}"
+    )
+    return 130 if result.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tritri.fit``: the same as ``tritri fit``."""
+    parser = argparse.ArgumentParser(prog=_PROG)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The optimization loop of ``tritri fit``: render, losses, balancer, Adam, monitor.
+
+:func:`fit_triangles` is usable from Python too::
+
+    from tritri.fitting import fit_triangles, init_delaunay, load_image
+    target = load_image("photo.jpg", size=256)               # (3, H, W) in [0, 1]
+    params = init_delaunay(target, 256)
+    result = fit_triangles(params, target, steps=500)
+    print(result.psnr)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import tritri
+from tritri.fitting.params import TriangleParams
+
+__all__ = ["FitResult", "fit_triangles", "psnr"]
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """PSNR in dB of an image in [0, 1] against ``target`` (pred is clamped to [0, 1] first)."""
+    mse = float(F.mse_loss(pred.detach().float().clamp(0, 1), target.detach().float()))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_triangles` returns.
+
+    Attributes:
+        image: ``(3, H, W)`` the final render (detached, on the fit's device).
+        psnr: its PSNR against the target, in dB.
+        steps: optimizer steps taken.
+        best_step: the parameters returned are those rendered at this step (``steps`` when they
+            are the final ones; see ``keep_best``).
+        interrupted: the loop was stopped by KeyboardInterrupt (Ctrl-C).
+        seconds: wall time of the loop.
+        history: the records logged (one per logged step).
+        warnings: the monitor's warning events.
+    """
+
+    image: Tensor
+    psnr: float
+    steps: int
+    best_step: int
+    interrupted: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _L1Only(nn.Module):
+    """Stand-in criterion (mean |pred - target|) when none is given."""
+
+    names = ("l1",)
+
+    def forward(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"l1": (pred.float() - target.float()).abs().mean()}
+
+
+class _Sum(nn.Module):
+    """Stand-in balancer (plain sum) when none is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict[str, float] = {}
+
+    def forward(self, losses: Mapping[str, Tensor], **_: Any) -> Tensor:
+        total = sum(losses.values())
+        self.stats = {
+            "total": float(total.detach()),
+            **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
+        }
+        return total
+
+
+def _lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
+    """Cosine decay from 1 to ``final`` over ``steps``, after a linear warm-up over the first
+    ``warmup`` fraction of the steps."""
+    t = min(1.0, step / max(1, steps - 1))
+    factor = final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+    ramp = max(1, int(warmup * steps))
+    return factor * min(1.0, (step + 1) / ramp)
+
+
+@torch.no_grad()
+def _reseed(
+    params: TriangleParams,
+    optimizer: torch.optim.Optimizer,
+    image: Tensor,
+    target: Tensor,
+    generator: torch.Generator,
+    max_fraction: float,
+) -> int:
+    """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
+
+    Respawned triangles go on top of the draw order (their Adam state is reset); the others keep
+    their order and state. Returns how many were respawned.
+    """
+    verts, _, opacity, _ = params()
+    N = params.n_triangles
+    _, H, W = target.shape
+    px = verts * torch.tensor([W, H], device=verts.device, dtype=verts.dtype)
+    d0, d1 = px[:, 1] - px[:, 0], px[:, 2] - px[:, 0]
+    area = 0.5 * (d0[:, 0] * d1[:, 1] - d0[:, 1] * d1[:, 0]).abs()
+    lo, hi = verts.amin(dim=1), verts.amax(dim=1)
+    offscreen = (hi < 0).any(dim=1) | (lo > 1).any(dim=1)
+    dead = (opacity < 0.02) | (area < 0.5) | offscreen
+    idx = dead.nonzero().flatten()
+    limit = max(1, int(max_fraction * N))
+    if idx.numel() == 0:
+        return 0
+    idx = idx[:limit]
+    k = idx.numel()
+    # Where: sampled in proportion to the (blurred) per-pixel error.
+    err = (image - target).abs().sum(0, keepdim=True)[None]
+    err = F.avg_pool2d(err, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+    flat = err.flatten().clamp(min=0) + 1e-12
+    pick = torch.multinomial(flat.cpu(), k, replacement=False, generator=generator).to(err.device)
+    cy, cx = pick // W, pick % W
+    center = torch.stack([(cx + 0.5) / W, (cy + 0.5) / H], dim=-1).to(verts.dtype)
+    radius = 0.5 * math.sqrt(1.0 / N)
+    angle = torch.rand(k, 1, generator=generator).to(verts.device) * 2 * math.pi
+    angle = angle + torch.tensor([0.0, 2.0, 4.0], device=verts.device) * math.pi / 3
+    new_verts = center[:, None] + radius * torch.stack([angle.cos(), angle.sin()], dim=-1)
+    new_colors = target[:, cy, cx].T.clamp(1e-3, 1 - 1e-3)
+    keep = torch.ones(N, dtype=torch.bool, device=verts.device)
+    keep[idx] = False
+    perm = torch.cat([keep.nonzero().flatten(), idx])  # respawned ones on top
+    fresh = torch.zeros(N, dtype=torch.bool, device=verts.device)
+    fresh[N - k :] = True
+    updates = {
+        params.verts: new_verts,
+        params.color_logits: torch.log(new_colors) - torch.log1p(-new_colors),
+        params.opacity_logits: torch.zeros(k, device=verts.device),
+    }
+    for p, new in updates.items():
+        p.data.copy_(p.data[perm])
+        p.data[N - k :] = new.to(p.dtype)
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key].copy_(state[key][perm])
+                state[key][fresh] = 0
+    return k
+
+
+def fit_triangles(
+    params: TriangleParams,
+    target: Tensor,
+    *,
+    steps: int,
+    criterion: nn.Module | None = None,
+    target_encoded: Any = None,
+    balancer: nn.Module | None = None,
+    monitor: Any = None,
+    lr: float = 0.2,
+    lr_verts_px: float = 2.0,
+    lr_final: float = 0.05,
+    warmup: float = 0.0,
+    sigma: float = 0.5,
+    backend: str = "auto",
+    log_every: int = 1,
+    reseed_every: int = 25,
+    reseed_until: float = 0.7,
+    reseed_fraction: float = 0.02,
+    seed: int = 0,
+    keep_best: bool = True,
+    progress: Any = None,
+    on_warning: Callable[[dict[str, Any]], None] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Optimize ``params`` so that their render matches ``target``.
+
+    Args:
+        params: the triangles (moved to ``target``'s device by the caller); modified in place.
+        target: ``(3, H, W)`` image in [0, 1].
+        steps: Adam steps.
+        criterion: called as ``criterion(pred (1, 3, H, W), target_encoded or target (1, 3, H, W))``
+            and returning ``{name: loss}``, e.g. :class:`tritri.losses.ImageLosses`; default L1.
+        target_encoded: what to pass as the target (e.g. ``criterion.encode(target[None])``);
+            default the target image itself.
+        balancer: turns the losses into one total (any tritri balancer); default their sum. It
+            is called with ``step=``, ``epoch=`` (= step) and ``shared=`` (the rendered image).
+            Its learnable parameters, if any, are optimized with the triangles.
+        monitor: a :class:`tritri.losses.LossMonitor` (or None): gets the balancer's stats, the
+            rendered image and ``psnr=`` every ``log_every`` steps.
+        lr: Adam learning rate of the color / opacity / background logits and of any balancer
+            parameters.
+        lr_verts_px: learning rate of the vertex positions, in pixels of the longest side.
+        lr_final: the learning rates decay (cosine) to ``lr_final`` times their start.
+        warmup: fraction of the steps over which the learning rates ramp up linearly first
+            (useful when continuing a converged fit: fresh Adam moments make large first steps).
+        sigma: edge softness of the render, in pixels.
+        backend: :func:`tritri.render` backend.
+        log_every: logging period in steps (the last step is always logged).
+        reseed_every: every this many steps (0 = never), up to ``reseed_until`` of the run, dead
+            triangles (transparent, degenerate, off-screen; at most ``reseed_fraction`` of N at a
+            time) are moved on top, where the error is largest.
+        seed: seed of the reseeding draws.
+        keep_best: end with the parameters of the step whose render had the best PSNR (the last
+            ones if they are not worse), so a fit never ends below its start. Off: the last.
+        progress: a tqdm bar (or None) to update with step, losses and PSNR.
+        on_warning: called with each new monitor warning event as it happens.
+        on_log: called with each logged record.
+
+    Returns:
+        a :class:`FitResult`; ``params`` hold the returned triangles (the best step's with
+        ``keep_best``). Ctrl-C (KeyboardInterrupt) ends the loop early with ``interrupted=True``;
+        the result then covers the steps completed before it.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    target = target.detach().float()
+    _, H, W = target.shape
+    target_b = target[None]
+    criterion = criterion if criterion is not None else _L1Only()
+    balancer = balancer if balancer is not None else _Sum()
+    tgt = target_encoded if target_encoded is not None else target_b
+    longest = max(H, W)
+    groups = [
+        {"params": [params.verts], "lr": lr_verts_px / longest, "name": "verts"},
+        {
+            "params": [params.color_logits, params.opacity_logits, params.background_logits],
+            "lr": lr,
+            "name": "logits",
+        },
+    ]
+    extra = [p for p in balancer.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": lr, "name": "balancer"})
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99))
+    generator = torch.Generator().manual_seed(seed)
+
+    def render() -> Tensor:
+        verts, colors, opacity, background = params()
+        return tritri.render(
+            verts[None], colors[None], opacity[None], height=H, width=W, sigma=sigma,
+            background=background, backend=backend,
+        )  # fmt: skip
+
+    history: list[dict[str, Any]] = []
+    n_events = 0
+    interrupted = False
+    step = 0
+    best_psnr, best_step, best_state = -math.inf, -1, None
+    start = time.perf_counter()
+    try:
+        for step in range(steps):
+            factor = _lr_factor(step, steps, lr_final, warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            image = render()
+            losses = criterion(image, tgt)
+            total = balancer(losses, step=step, epoch=step, shared=image)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            quality = psnr(image[0], target)  # of the parameters before this step's update
+            if keep_best and quality > best_psnr:
+                best_psnr, best_step = quality, step
+                best_state = {k: v.detach().clone() for k, v in params.state_dict().items()}
+            optimizer.step()
+            last = step == steps - 1
+            if (
+                reseed_every
+                and step % reseed_every == reseed_every - 1
+                and (step < reseed_until * steps)
+            ):
+                _reseed(params, optimizer, image.detach()[0], target, generator, reseed_fraction)
+            if log_every and (step % log_every == 0 or last):
+                stats = dict(getattr(balancer, "stats", {}) or {})
+                if "total" not in stats:
+                    stats["total"] = float(total)
+                for name, value in losses.items():
+                    stats.setdefault(f"loss/{name}", float(value.detach().mean()))
+                if monitor is not None:
+                    record = monitor.log(stats, step, image=image.detach(), psnr=quality)
+                    events = getattr(monitor, "events", [])
+                    for event in events[n_events:]:
+                        if on_warning is not None:
+                            on_warning(event)
+                    n_events = len(events)
+                else:
+                    record = {"step": step, **stats, "psnr": quality}
+                history.append(record)
+                if on_log is not None:
+                    on_log(record)
+                if progress is not None:
+                    shown = {
+                        k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("loss/")
+                    }
+                    progress.set_postfix(
+                        {**{k: f"{v:.4g}" for k, v in shown.items()}, "psnr": f"{quality:.2f}"},
+                        refresh=False,
+                    )
+            if progress is not None:
+                progress.update(1)
+        step = steps
+    except KeyboardInterrupt:
+        interrupted = True
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        final = render()[0].clamp(0, 1)
+        final_psnr = psnr(final, target)
+        if best_state is not None and best_psnr > final_psnr:
+            params.load_state_dict(best_state)
+            final = render()[0].clamp(0, 1)
+            final_psnr = psnr(final, target)
+        else:
+            best_step = step
+    return FitResult(
+        image=final,
+        psnr=final_psnr,
+        steps=step,
+        best_step=best_step,
+        interrupted=interrupted,
+        seconds=seconds,
+        history=history,
+        warnings=list(getattr(monitor, "events", [])) if monitor is not None else [],
+    )
