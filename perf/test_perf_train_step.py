@@ -53,8 +53,15 @@ def test_train_step(benchmark, impl, case, device):
         def objective():
             return naive_objective(render_dense(verts, colors, opacity, height=size, width=size))
 
+    start = [t.detach().clone() for t in (verts, colors, opacity)]
+
     @synced
     def step():
+        # every round times the same step: same parameters, fresh optimizer state
+        with torch.no_grad():
+            for t, t0 in zip((verts, colors, opacity), start, strict=True):
+                t.copy_(t0)
+        optimizer.state.clear()
         optimizer.zero_grad(set_to_none=True)
         total = objective()
         total.backward()
