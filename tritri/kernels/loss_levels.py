@@ -268,6 +268,24 @@ def _check(f: Tensor, t: Tensor, lin_w: Tensor | None, do_lpips: bool) -> None:
         raise ValueError(f"lin_weights must have C={f.shape[1]} values")
 
 
+def _launch_setup(kernel: str, f: Tensor, t: Tensor, lin_weights: Tensor | None,
+                  do_lpips: bool, config: dict | None):  # fmt: skip
+    """Shared launcher prologue: validate, pick the config, flatten spatial strides.
+
+    Returns B, C, P = H*W, the config and (tensor, n/c/p strides) for pred and target; a target
+    batch of 1 broadcasts (batch stride 0).
+    """
+    _check(f, t, lin_weights, do_lpips)
+    B, C, H, W = f.shape
+    P = H * W
+    cfg = config or launch_config(kernel, {"batch": B, "channels": C, "pixels": P}, f.device)
+    f_spec = _spatial_strides(f, "pred_features")
+    t, t_sn, t_sc, t_sp = _spatial_strides(t, "target_features")
+    if t.shape[0] == 1:
+        t_sn = 0
+    return B, C, P, cfg, f_spec, (t, t_sn, t_sc, t_sp)
+
+
 def level_losses_forward(
     pred_features: Tensor,
     target_features: Tensor,
@@ -286,17 +304,10 @@ def level_losses_forward(
     (LPIPS) for means. Kernel name ``loss_level_forward``, problem keys
     :data:`LEVEL_PROBLEM_KEYS`; ``config`` defaults to :func:`default_level_config`.
     """
-    f, t = pred_features, target_features
-    _check(f, t, lin_weights, do_lpips)
-    B, C, H, W = f.shape
-    P = H * W
-    problem = {"batch": B, "channels": C, "pixels": P}
-    cfg = config or launch_config("loss_level_forward", problem, f.device)
+    B, C, P, cfg, (f, f_sn, f_sc, f_sp), (t, t_sn, t_sc, t_sp) = _launch_setup(
+        "loss_level_forward", pred_features, target_features, lin_weights, do_lpips, config
+    )
     block_c, block_p = cfg["BLOCK_C"], cfg["BLOCK_P"]
-    f, f_sn, f_sc, f_sp = _spatial_strides(f, "pred_features")
-    t, t_sn, t_sc, t_sp = _spatial_strides(t, "target_features")
-    if t.shape[0] == 1:
-        t_sn = 0
     w = lin_weights.contiguous() if lin_weights is not None else f.new_empty(1)
     n_pblocks = triton.cdiv(P, block_p)
     perc = torch.empty((B, n_pblocks), device=f.device, dtype=torch.float32)
@@ -327,18 +338,11 @@ def level_losses_backward(
     memory format as ``pred_features``. Kernel name ``loss_level_backward``, problem keys
     :data:`LEVEL_PROBLEM_KEYS`.
     """
-    f, t = pred_features, target_features
     do_perc, do_lpips = grad_perc is not None, grad_lpips is not None
-    _check(f, t, lin_weights, do_lpips)
-    B, C, H, W = f.shape
-    P = H * W
-    problem = {"batch": B, "channels": C, "pixels": P}
-    cfg = config or launch_config("loss_level_backward", problem, f.device)
+    B, C, P, cfg, (f, f_sn, f_sc, f_sp), (t, t_sn, t_sc, t_sp) = _launch_setup(
+        "loss_level_backward", pred_features, target_features, lin_weights, do_lpips, config
+    )
     block_c, block_p = cfg["BLOCK_C"], cfg["BLOCK_P"]
-    f, f_sn, f_sc, f_sp = _spatial_strides(f, "pred_features")
-    t, t_sn, t_sc, t_sp = _spatial_strides(t, "target_features")
-    if t.shape[0] == 1:
-        t_sn = 0
     df = torch.empty_like(f)
     df, d_sn, d_sc, d_sp = _spatial_strides(df, "grad")
     dummy = f.new_zeros(1, dtype=torch.float32)
