@@ -1,4 +1,4 @@
-"""The ``tritri`` command: ``tritri fit``, ``tritri tune``, ``tritri plot``.
+"""The ``tritri`` command: ``tritri fit``, ``tritri tune``, ``tritri plot``, ``tritri check``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand is registered.
@@ -17,6 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "benchmark kernel configs on this GPU and write its config file",
     ),
     "plot": ("tritri.losses.plot", "plot the loss curves of a metrics .jsonl file"),
+    "check": (
+        "tritri.check",
+        "compile every Triton kernel for real NVIDIA targets (no GPU needed) and report its cost",
+    ),
 }
 
 

@@ -10,14 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Pairs with alpha below this contribute nothing (3DGS / gsplat constant).
-ALPHA_MIN = 1.0 / 255.0
-#: Alpha is clamped to at most this value.
-ALPHA_MAX = 0.99
-#: A pixel stops before the first triangle that would take its transmittance below this.
-T_MIN = 1e-4
-#: Triangles with a doubled area (px²) below this are degenerate and contribute nothing.
-AREA2_MIN = 1e-6
+from tritri.thresholds import ALPHA_MAX, ALPHA_MIN, AREA2_MIN, T_MIN
+
+__all__ = ["ALPHA_MAX", "ALPHA_MIN", "AREA2_MIN", "T_MIN", "render_dense"]
 
 
 def _cross(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor) -> Tensor:

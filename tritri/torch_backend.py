@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tritri.binning import bin_triangles, tile_grid
 from tritri.geometry import PreparedTriangles
-from tritri.reference import ALPHA_MAX, ALPHA_MIN, T_MIN
+from tritri.thresholds import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 #: Upper bound on tiles x list length x pixels of one group (~4 MB per fp32 intermediate).
 MAX_GROUP_ELEMENTS = 1 << 20
