@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tritri.geometry import prepare_triangles
 
-_BACKENDS = ("auto", "triton", "torch")
+_BACKENDS = ("auto", "triton", "numba", "torch")
 
 #: Tests and experiments: keys laid over every raster config (None: no override).
 RASTER_CONFIG_OVERRIDE: dict[str, Any] | None = None
@@ -109,6 +109,17 @@ def _interpreter_active() -> bool:
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "torch":
         return "torch"
+    if backend == "numba":
+        if device.type != "cpu":
+            raise RuntimeError(
+                f"backend='numba' runs on the CPU; the tensors are on {device} (use "
+                "backend='triton' or 'auto' for CUDA tensors)"
+            )
+        from tritri.numba_backend import numba_available
+
+        if not numba_available():
+            raise RuntimeError("backend='numba' needs the numba package: pip install numba")
+        return "numba"
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
@@ -118,7 +129,11 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             return "torch"
         return "triton"
     if backend == "auto":
-        return "triton" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return "triton"
+        from tritri.numba_backend import numba_available
+
+        return "numba" if device.type == "cpu" and numba_available() else "torch"
     if device.type != "cpu" or not _interpreter_active():
         raise RuntimeError(
             f"backend='triton' on a {device.type} tensor needs the Triton interpreter: set "
@@ -173,13 +188,14 @@ def render(
         sigma: edge softness in pixels: coverage = sigmoid(signed distance / sigma).
         background: None (0), a float, (C,) or (B, C).
         return_alpha: also return alpha = 1 - final transmittance, (B, 1, H, W).
-        backend: "triton" (tiled Triton kernels; CUDA, or CPU under TRITON_INTERPRET=1), "torch"
-            (tiled PyTorch, for CPU users) or "auto" (triton for CUDA tensors and under the
-            interpreter, torch otherwise).
+        backend: "triton" (tiled Triton kernels; CUDA, or CPU under TRITON_INTERPRET=1), "numba"
+            (the same tiles and walk compiled for the CPU by numba; compiled on first use and
+            cached on disk), "torch" (tiled PyTorch) or "auto" (triton for CUDA tensors and under
+            the interpreter, numba for other CPU tensors, torch where numba cannot be imported).
         deterministic: sum gradients in a fixed order (Triton backend: per-pair partials instead
             of atomics; costs one host sync to size the pair lists). None follows
-            ``torch.are_deterministic_algorithms_enabled()``. The torch backend is always
-            deterministic on the CPU.
+            ``torch.are_deterministic_algorithms_enabled()``. The torch and numba backends are
+            always deterministic on the CPU.
 
     Returns:
         (B, C, H, W) image in the dtype of ``colors`` (math in float32), plus (B, 1, H, W) alpha if
@@ -215,7 +231,8 @@ def render(
             opacity = torch.ones(B, N, device=device)
         prep = prepare_triangles(verts.float(), colors.float(), opacity.float(), height, width,
                                  sigma)  # fmt: skip
-        if _resolve_backend(backend, device) == "triton":
+        resolved = _resolve_backend(backend, device)
+        if resolved == "triton":
             from tritri.ops import rasterize
 
             fwd, bwd = raster_config(B, N, height, width, device)
@@ -225,6 +242,10 @@ def render(
                 int(fwd["chunk"]), int(fwd["num_warps"]), int(bwd["num_warps"]),
                 str(fwd["binning"]), int(fwd["pairs_per_triangle"]), bool(deterministic),
             )  # fmt: skip
+        elif resolved == "numba":
+            from tritri.numba_backend import rasterize_numba
+
+            color, T = rasterize_numba(prep, height, width)
         else:
             from tritri.torch_backend import rasterize_torch
 

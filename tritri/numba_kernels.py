@@ -1,0 +1,469 @@
+"""Numba kernels of the compiled CPU rasterizer (imported only by :mod:`tritri.numba_backend`).
+
+Importing this module imports numba; the functions compile on their first call (``cache=True``:
+later processes load the machine code from ``__pycache__``). All arrays are float32 / int64 numpy
+arrays laid out as in :mod:`tritri.geometry`:
+
+- ``edges``, ``bary``: (B, N, 9) planes (A, B, C) x 3 in pixel units, edges scaled by 1 / sigma;
+  ``bary`` is any float32 array of that rank when colors are flat (``per_vertex`` False);
+- ``colors``: (B, N, V, C), V = 3 per-vertex or 1 flat; ``opacity``: (B, N); ``cull``: (B, N, 5).
+
+Tiles are ``tile`` x ``tile`` pixels, numbered row-major per image; work item ``w`` is image
+``w // n_tiles``, tile ``w % n_tiles``. A tile's list holds its triangles in draw (index) order;
+the walk goes through it backwards (topmost first). For each listed triangle only the pixels of
+each tile row between the triangle's conservative x-span (the grown triangle of the culling data,
+where alpha can reach 1/255) are visited; every visited pixel then applies SPEC 2.1's exact rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from tritri.thresholds import ALPHA_MAX, ALPHA_MIN, T_MIN
+
+# Compile-time float32 constants (the walk's math is float32 like the other backends).
+_A_MIN = np.float32(ALPHA_MIN)
+_A_MAX = np.float32(ALPHA_MAX)
+_T_MIN = np.float32(T_MIN)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+_TINY = np.float32(1e-12)
+
+_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+
+@njit(**_OPTS)
+def _tile_index(lo: float, hi: float, limit: int, tile: int) -> tuple[int, int]:
+    """Inclusive tile range along one axis of the pixel centers in [lo, hi] (as binning.py)."""
+    a = np.floor(min(max(lo - 0.5, -1.0), float(limit * tile)) / tile)
+    b = np.floor(min(max(hi - 0.5, -1.0), float(limit * tile)) / tile)
+    a = min(max(a, 0.0), limit - 1.0)
+    b = min(max(b, 0.0), limit - 1.0)
+    return int(a), int(b)
+
+
+@njit(**_OPTS)
+def _overlaps(e, c, xmin: float, xmax: float, ymin: float, ymax: float) -> bool:
+    """binning.overlaps for one triangle (edges e (9,), cull c (5,)) and one tile rectangle."""
+    if not (c[0] <= xmax and c[2] >= xmin and c[1] <= ymax and c[3] >= ymin):
+        return False
+    margin = c[4]
+    for k in range(3):
+        a, b, cc = e[3 * k], e[3 * k + 1], e[3 * k + 2]
+        best = cc + (a * xmax if a > 0 else a * xmin) + (b * ymax if b > 0 else b * ymin)
+        scale = abs(a) * xmax + abs(b) * ymax + abs(cc)
+        if not best >= -margin - 1e-5 * scale:
+            return False
+    return True
+
+
+@njit(**_OPTS)
+def _tri_tiles(c, H: int, W: int, tile: int, ntx: int, nty: int) -> tuple[int, int, int, int]:
+    """Tile box (tx0, tx1, ty0, ty1) of a triangle's culling box; tx0 > tx1 when empty."""
+    x0, y0, x1, y1 = c[0], c[1], c[2], c[3]
+    if x1 < 0.5 or y1 < 0.5 or x0 > W - 0.5 or y0 > H - 0.5 or not x0 <= x1:
+        return 1, 0, 1, 0
+    tx0, tx1 = _tile_index(x0, x1, ntx, tile)
+    ty0, ty1 = _tile_index(y0, y1, nty, tile)
+    return tx0, tx1, ty0, ty1
+
+
+@njit(**_OPTS)
+def bin_count(edges, cull, H: int, W: int, tile: int, counts, r0: int, r1: int) -> None:
+    """Number of listed triangles per (image, tile) of the (image, tile row) items [r0, r1):
+    counts (B * n_tiles,) int64, filled here. No two rows write the same counter."""
+    N = edges.shape[1]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    for r in range(r0, r1):
+        b = r // nty
+        ty = r % nty
+        ymin = ty * tile + 0.5
+        ymax = min(ty * tile + tile, H) - 0.5
+        for tx in range(ntx):
+            counts[b * ntx * nty + ty * ntx + tx] = 0
+        for n in range(N):
+            c = cull[b, n]
+            tx0, tx1, ty0, ty1 = _tri_tiles(c, H, W, tile, ntx, nty)
+            if ty < ty0 or ty > ty1:
+                continue
+            for tx in range(tx0, tx1 + 1):
+                xmin = tx * tile + 0.5
+                xmax = min(tx * tile + tile, W) - 0.5
+                if _overlaps(edges[b, n], c, xmin, xmax, ymin, ymax):
+                    counts[b * ntx * nty + ty * ntx + tx] += 1
+
+
+@njit(**_OPTS)
+def bin_fill(edges, cull, H: int, W: int, tile: int, start, tri_list, r0: int, r1: int) -> None:
+    """Write each (image, tile)'s triangles, in index order, to ``tri_list[start[w]:...]``, for the
+    (image, tile row) items [r0, r1)."""
+    N = edges.shape[1]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    for r in range(r0, r1):
+        b = r // nty
+        ty = r % nty
+        ymin = ty * tile + 0.5
+        ymax = min(ty * tile + tile, H) - 0.5
+        fill = np.zeros(ntx, np.int64)
+        for n in range(N):
+            c = cull[b, n]
+            tx0, tx1, ty0, ty1 = _tri_tiles(c, H, W, tile, ntx, nty)
+            if ty < ty0 or ty > ty1:
+                continue
+            for tx in range(tx0, tx1 + 1):
+                xmin = tx * tile + 0.5
+                xmax = min(tx * tile + tile, W) - 0.5
+                if _overlaps(edges[b, n], c, xmin, xmax, ymin, ymax):
+                    w = b * ntx * nty + ty * ntx + tx
+                    tri_list[start[w] + fill[tx]] = n
+                    fill[tx] += 1
+
+
+@njit(**_OPTS)
+def _span(e, c, py: float, col0: int, col1: int) -> tuple[int, int]:
+    """Columns [lo, hi) of the pixels in [col0, col1) whose centers on the row at ``py`` can lie in
+    the grown triangle {z_k >= -margin for all k}, widened by one pixel each side (the exact
+    per-pixel test follows)."""
+    lo = max(float(col0), np.ceil(min(max(c[0] - 0.5, col0 - 2.0), col1 + 2.0)) - 1.0)
+    hi = min(float(col1), np.floor(min(max(c[2] - 0.5, col0 - 2.0), col1 + 2.0)) + 2.0)
+    m = float(c[4])
+    for k in range(3):
+        a = float(e[3 * k])
+        bpy = float(e[3 * k + 1]) * py
+        cc = float(e[3 * k + 2])
+        t = -m - bpy - cc  # pixel centers x with a * x >= t
+        if a > 0.0:
+            x = min(max(t / a - 0.5, col0 - 2.0), col1 + 2.0)
+            lo = max(lo, np.ceil(x) - 1.0)
+        elif a < 0.0:
+            x = min(max(t / a - 0.5, col0 - 2.0), col1 + 2.0)
+            hi = min(hi, np.floor(x) + 2.0)
+        elif t > 1e-5 * (abs(m) + abs(bpy) + abs(cc)):
+            return col0, col0
+    if not hi > lo:
+        return col0, col0
+    return int(lo), int(hi)
+
+
+@njit(**_OPTS)
+def _rows(c, row0: int, rows: int) -> tuple[int, int]:
+    """Tile rows [lo, hi) (relative to row0) whose centers can lie in the culling box (+1 row)."""
+    lo = np.ceil(min(max(c[1] - 0.5, row0 - 2.0), row0 + rows + 2.0)) - 1.0
+    hi = np.floor(min(max(c[3] - 0.5, row0 - 2.0), row0 + rows + 2.0)) + 2.0
+    return max(0, int(lo) - row0), min(rows, int(hi) - row0)
+
+
+@njit(**_OPTS)
+def _edge_z(e, px, py):
+    z0 = e[0] * px + e[1] * py + e[2]
+    z1 = e[3] * px + e[4] * py + e[5]
+    z2 = e[6] * px + e[7] * py + e[8]
+    return z0, z1, z2
+
+
+@njit(**_OPTS)
+def raster_forward(
+    edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex, out_color,
+    out_T, w0, w1,
+) -> None:  # fmt: skip
+    """Composite the (image, tile) items [w0, w1) front to back.
+
+    out_color (B, C, H, W): premultiplied color without background; out_T (B, H, W): final
+    transmittance. Both fp32, written here.
+    """
+    C = colors.shape[3]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    n_tiles = ntx * nty
+    P = tile * tile
+    for w in range(w0, w1):
+        b = w // n_tiles
+        t = w % n_tiles
+        row0 = (t // ntx) * tile
+        col0 = (t % ntx) * tile
+        rows = min(tile, H - row0)
+        cols = min(tile, W - col0)
+        T = np.ones(P, np.float32)
+        done = np.zeros(P, np.uint8)
+        acc = np.zeros((C, P), np.float32)
+        n_live = rows * cols
+        for pos in range(end[w] - 1, start[w] - 1, -1):
+            if n_live == 0:
+                break
+            n = tri_list[pos]
+            e = edges[b, n]
+            c = cull[b, n]
+            o = opacity[b, n]
+            r_lo, r_hi = _rows(c, row0, rows)
+            for r in range(r_lo, r_hi):
+                py = np.float32(row0 + r + 0.5)
+                lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+                for col in range(lo, hi):
+                    p = r * tile + (col - col0)
+                    if done[p]:
+                        continue
+                    px = np.float32(col + 0.5)
+                    z0, z1, z2 = _edge_z(e, px, py)
+                    z = min(z0, z1, z2)
+                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    a = min(o * wv, _A_MAX)
+                    if not a >= _A_MIN:
+                        continue
+                    t_new = T[p] * (_ONE - a)
+                    if t_new < _T_MIN:
+                        done[p] = 1
+                        n_live -= 1
+                        continue
+                    vis = a * T[p]
+                    if per_vertex:
+                        bv = bary[b, n]
+                        b0 = max(bv[0] * px + bv[1] * py + bv[2], _ZERO)
+                        b1 = max(bv[3] * px + bv[4] * py + bv[5], _ZERO)
+                        b2 = max(bv[6] * px + bv[7] * py + bv[8], _ZERO)
+                        total = max(b0 + b1 + b2, _TINY)
+                        s = vis / total
+                        for ch in range(C):
+                            acc[ch, p] += s * (
+                                b0 * colors[b, n, 0, ch]
+                                + b1 * colors[b, n, 1, ch]
+                                + b2 * colors[b, n, 2, ch]
+                            )
+                    else:
+                        for ch in range(C):
+                            acc[ch, p] += vis * colors[b, n, 0, ch]
+                    T[p] = t_new
+        for r in range(rows):
+            for col in range(cols):
+                p = r * tile + col
+                out_T[b, row0 + r, col0 + col] = T[p]
+                for ch in range(C):
+                    out_color[b, ch, row0 + r, col0 + col] = acc[ch, p]
+
+
+@njit(**_OPTS)
+def raster_backward(
+    edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex,
+    color, T_final, grad_color, grad_T, part, w0, w1,
+) -> None:  # fmt: skip
+    """For the (image, tile) items [w0, w1): replay each tile's walk and write every listed pair's
+    gradient to its row of ``part``.
+
+    part (n_pairs, K) fp32, K = 9 (edges) + 1 (opacity) + 9 (bary) + V * C (colors); row ``pos`` is
+    the pair at ``tri_list[pos]``. Per pixel, with g the color gradient, S the color composited
+    after the pair (final - prefix) and t the transmittance before it:
+    dL/dalpha = t <g, color> - (<g, S> + gT T_final) / (1 - alpha).
+    """
+    C = colors.shape[3]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    n_tiles = ntx * nty
+    P = tile * tile
+    K = part.shape[1]  # 19 + V * C
+    for w in range(w0, w1):
+        b = w // n_tiles
+        t = w % n_tiles
+        row0 = (t // ntx) * tile
+        col0 = (t % ntx) * tile
+        rows = min(tile, H - row0)
+        cols = min(tile, W - col0)
+        T = np.ones(P, np.float32)
+        done = np.zeros(P, np.uint8)
+        g_prefix = np.zeros(P, np.float32)
+        g_final = np.zeros(P, np.float32)
+        g_behind = np.zeros(P, np.float32)
+        gc = np.zeros((C, P), np.float32)
+        acc = np.zeros(K, np.float64)
+        gcj = np.zeros(3, np.float32)
+        bj = np.zeros(3, np.float32)
+        for r in range(rows):
+            for col in range(cols):
+                p = r * tile + col
+                y, x = row0 + r, col0 + col
+                s = np.float32(0.0)
+                for ch in range(C):
+                    g = grad_color[b, ch, y, x]
+                    gc[ch, p] = g
+                    s += g * color[b, ch, y, x]
+                g_final[p] = s
+                g_behind[p] = grad_T[b, y, x] * T_final[b, y, x]
+        n_live = rows * cols
+        for pos in range(end[w] - 1, start[w] - 1, -1):
+            for k in range(K):
+                acc[k] = 0.0
+            if n_live == 0:  # every pixel stopped: the pairs below get zero gradients
+                for k in range(K):
+                    part[pos, k] = 0.0
+                continue
+            n = tri_list[pos]
+            e = edges[b, n]
+            c = cull[b, n]
+            o = opacity[b, n]
+            r_lo, r_hi = _rows(c, row0, rows)
+            for r in range(r_lo, r_hi):
+                py = np.float32(row0 + r + 0.5)
+                lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+                for col in range(lo, hi):
+                    p = r * tile + (col - col0)
+                    if done[p]:
+                        continue
+                    px = np.float32(col + 0.5)
+                    z0, z1, z2 = _edge_z(e, px, py)
+                    z = min(z0, z1, z2)
+                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    ow = o * wv
+                    a = min(ow, _A_MAX)
+                    if not a >= _A_MIN:
+                        continue
+                    t_before = T[p]
+                    t_new = t_before * (_ONE - a)
+                    if t_new < _T_MIN:
+                        done[p] = 1
+                        n_live -= 1
+                        continue
+                    vis = a * t_before
+                    if per_vertex:
+                        bv = bary[b, n]
+                        bj[0] = max(bv[0] * px + bv[1] * py + bv[2], _ZERO)
+                        bj[1] = max(bv[3] * px + bv[4] * py + bv[5], _ZERO)
+                        bj[2] = max(bv[6] * px + bv[7] * py + bv[8], _ZERO)
+                        total = max(bj[0] + bj[1] + bj[2], _TINY)
+                        g_col = _ZERO
+                        for j in range(3):
+                            s = _ZERO
+                            for ch in range(C):
+                                s += colors[b, n, j, ch] * gc[ch, p]
+                            gcj[j] = s
+                            g_col += bj[j] * s
+                        g_col /= total
+                    else:
+                        total = _ONE
+                        g_col = _ZERO
+                        for ch in range(C):
+                            g_col += colors[b, n, 0, ch] * gc[ch, p]
+                    g_prefix[p] += vis * g_col
+                    g_after = g_final[p] - g_prefix[p]
+                    d_alpha = t_before * g_col - (g_after + g_behind[p]) / (_ONE - a)
+                    if ow < _A_MAX:
+                        acc[9] += d_alpha * wv
+                        d_z = d_alpha * o * wv * (_ONE - wv)
+                        if z0 <= z1 and z0 <= z2:
+                            k0 = 0
+                        elif z1 < z0 and z1 <= z2:
+                            k0 = 3
+                        else:
+                            k0 = 6
+                        acc[k0] += d_z * px
+                        acc[k0 + 1] += d_z * py
+                        acc[k0 + 2] += d_z
+                    if per_vertex:
+                        sc = vis / total
+                        for j in range(3):
+                            if bj[j] > _ZERO:
+                                d_beta = sc * (gcj[j] - g_col)
+                                acc[10 + 3 * j] += d_beta * px
+                                acc[11 + 3 * j] += d_beta * py
+                                acc[12 + 3 * j] += d_beta
+                            f = sc * bj[j]
+                            for ch in range(C):
+                                acc[19 + j * C + ch] += gc[ch, p] * f
+                    else:
+                        for ch in range(C):
+                            acc[19 + ch] += gc[ch, p] * vis
+                    T[p] = t_new
+            for k in range(K):
+                part[pos, k] = acc[k]
+
+
+@njit(**_OPTS)
+def reduce_pairs(part, tri_list, start, end, n_tiles, B, N, K):
+    """Sum the pair rows per triangle, in list order (deterministic): (B, N, K) float32."""
+    out = np.zeros((B, N, K), np.float64)
+    for w in range(B * n_tiles):
+        b = w // n_tiles
+        for pos in range(start[w], end[w]):
+            n = tri_list[pos]
+            for k in range(K):
+                out[b, n, k] += part[pos, k]
+    return out.astype(np.float32)
+
+
+@njit(**_OPTS)
+def removal_cost(
+    edges, colors, opacity, cull, start, end, tri_list, H, W, tile, color, T_final, background,
+    target, part, w0, w1,
+) -> None:  # fmt: skip
+    """Per listed pair of the (image, tile) items [w0, w1), flat colors only: ``part[pos, 0]`` the
+    change of the squared error sum over the tile's pixels if the triangle were removed, and
+    ``part[pos, 1]`` its visible weight (sum over pixels of alpha * T).
+
+    Removing triangle n at a pixel scales what lies under it by 1 / (1 - alpha) (ignoring that the
+    pixel might then not stop early): delta = a (R / (1 - a) - t c_n), with R the color composited
+    under n, background included. color (B, C, H, W) without background, T_final (B, H, W),
+    background (B, C), target (B, C, H, W).
+    """
+    C = colors.shape[3]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    n_tiles = ntx * nty
+    P = tile * tile
+    for w in range(w0, w1):
+        b = w // n_tiles
+        t = w % n_tiles
+        row0 = (t // ntx) * tile
+        col0 = (t % ntx) * tile
+        rows = min(tile, H - row0)
+        cols = min(tile, W - col0)
+        T = np.ones(P, np.float32)
+        done = np.zeros(P, np.uint8)
+        prefix = np.zeros((C, P), np.float32)
+        n_live = rows * cols
+        for pos in range(end[w] - 1, start[w] - 1, -1):
+            part[pos, 0] = 0.0
+            part[pos, 1] = 0.0
+            if n_live == 0:
+                continue
+            n = tri_list[pos]
+            e = edges[b, n]
+            c = cull[b, n]
+            o = opacity[b, n]
+            cost = 0.0
+            weight = 0.0
+            r_lo, r_hi = _rows(c, row0, rows)
+            for r in range(r_lo, r_hi):
+                py = np.float32(row0 + r + 0.5)
+                lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+                for col in range(lo, hi):
+                    p = r * tile + (col - col0)
+                    if done[p]:
+                        continue
+                    px = np.float32(col + 0.5)
+                    z0, z1, z2 = _edge_z(e, px, py)
+                    z = min(z0, z1, z2)
+                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    a = min(o * wv, _A_MAX)
+                    if not a >= _A_MIN:
+                        continue
+                    t_before = T[p]
+                    t_new = t_before * (_ONE - a)
+                    if t_new < _T_MIN:
+                        done[p] = 1
+                        n_live -= 1
+                        continue
+                    y, x = row0 + r, col
+                    vis = a * t_before
+                    for ch in range(C):
+                        cn = colors[b, n, 0, ch]
+                        full = color[b, ch, y, x] + T_final[b, y, x] * background[b, ch]
+                        under = full - prefix[ch, p] - vis * cn
+                        delta = a * (under / (_ONE - a) - t_before * cn)
+                        cost += delta * (2.0 * (full - target[b, ch, y, x]) + delta)
+                        prefix[ch, p] += vis * cn
+                    weight += vis
+                    T[p] = t_new
+            part[pos, 0] = cost
+            part[pos, 1] = weight
