@@ -14,8 +14,12 @@ TINY = {"batch": 1, "n_triangles": 12, "height": 20, "width": 24}
 
 @pytest.fixture(scope="module")
 def raster_tunables():
-    import tritri.kernels.raster_tuning  # noqa: F401 - registers on import
+    import importlib
 
+    import tritri.tuning.raster as raster
+
+    if "raster_forward" not in tunables():  # another test cleared the registry
+        importlib.reload(raster)  # registers on import
     return tunables()
 
 

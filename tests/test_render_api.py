@@ -178,7 +178,7 @@ def test_custom_op_passes_opcheck():
     prep = prepare_triangles(verts, colors, opacity, 8, 8, 0.5)
     args = (prep.edges.detach().requires_grad_(), prep.edges.new_empty(0),
             prep.colors.detach().requires_grad_(), prep.opacity.detach().requires_grad_(),
-            prep.cull, 8, 8, 8, 4, 4, 4, "scan", 16, False)  # fmt: skip
+            prep.cull, 8, 8, 8, 4, 1, 4, 1, "scan", 16, False)  # fmt: skip
     torch.library.opcheck(rasterize, args, test_utils=("test_schema", "test_faketensor",
                                                        "test_autograd_registration"))  # fmt: skip
 

@@ -30,8 +30,8 @@ SLUG = "fake_gpu_9000_48gb_"
 PROBLEM = {"batch": 4, "n_triangles": 1000, "height": 256, "width": 256}
 DEFAULT_SMALL = {
     "tile": 16,
-    "chunk": 8,
-    "num_warps": 4,
+    "chunk": 32,
+    "num_warps": 2,
     "num_stages": 1,
     "binning": "scan",
     "pairs_per_triangle": 16,
@@ -175,10 +175,10 @@ def test_lookup_order(isolated: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         cfg, src = find_config("raster_forward", PROBLEM, override={"tile": 128, "chunk": 2})
-        assert (cfg["tile"], cfg["chunk"], cfg["num_warps"], src) == (128, 2, 4, "override")
+        assert (cfg["tile"], cfg["chunk"], cfg["num_warps"], src) == (128, 2, 2, "override")
         cfg, src = find_config("raster_forward", PROBLEM, config_file=explicit)
         assert (cfg["tile"], src) == (64, str(explicit))
-        assert cfg["num_warps"] == 4  # missing keys come from the default
+        assert cfg["num_warps"] == DEFAULT_SMALL["num_warps"]  # missing keys: from the default
         cfg, src = find_config("raster_forward", PROBLEM)
         assert (cfg["tile"], src) == (32, str(env_file))
         monkeypatch.delenv(lookup.ENV_CONFIG_DIR)

@@ -51,6 +51,7 @@ def rasterize(
     tile: int,
     chunk: int,
     num_warps: int,
+    chunk_backward: int,
     num_warps_backward: int,
     binning: str,
     pairs_per_triangle: int,
@@ -61,8 +62,9 @@ def rasterize(
     ``bary`` is an empty tensor for flat colors. ``binning``: "scan" (every tile scans all
     triangles) or "sorted" (per-tile lists, capacity ``pairs_per_triangle * B * N``; overflowing
     images fall back to scanning). ``deterministic`` bins exactly (one host sync) and sums
-    gradients in a fixed order. ``num_warps_backward`` is the backward launch's (the backward
-    replays the forward's tiles and chunks, so those are shared).
+    gradients in a fixed order. ``chunk_backward`` / ``num_warps_backward`` are the backward
+    launch's (it replays the forward's tiles and walk; how many walk items it takes between
+    early-exit checks, and its warps, are its own).
     """
     bins = _bins(edges, cull, height, width, tile, binning, pairs_per_triangle, deterministic)
     return raster_forward(
@@ -71,7 +73,7 @@ def rasterize(
 
 
 @rasterize.register_fake
-def _(edges, bary, colors, opacity, cull, height, width, tile, chunk, num_warps,
+def _(edges, bary, colors, opacity, cull, height, width, tile, chunk, num_warps, chunk_backward,
       num_warps_backward, binning, pairs_per_triangle, deterministic):  # fmt: skip
     B, C = edges.shape[0], colors.shape[-1]
     return (
@@ -121,8 +123,8 @@ def _(grad_color, grad_T, color, T, edges, bary, colors, opacity, cull, *args):
 
 def _setup_context(ctx, inputs, output):
     edges, bary, colors, opacity, cull = inputs[:5]
-    height, width, tile, chunk, _, num_warps_backward, *rest = inputs[5:]
-    ctx.config = (height, width, tile, chunk, num_warps_backward, *rest)
+    height, width, tile, _, _, chunk_backward, num_warps_backward, *rest = inputs[5:]
+    ctx.config = (height, width, tile, chunk_backward, num_warps_backward, *rest)
     ctx.save_for_backward(edges, bary, colors, opacity, cull, *output)
 
 
@@ -135,7 +137,7 @@ def _backward(ctx, grad_color, grad_T):
     g_edges, g_bary, g_colors, g_opacity = rasterize_backward(
         grad_color, grad_T, color, T, edges, bary, colors, opacity, cull, *ctx.config
     )
-    return g_edges, g_bary if bary.numel() else None, g_colors, g_opacity, *([None] * 10)
+    return g_edges, g_bary if bary.numel() else None, g_colors, g_opacity, *([None] * 11)
 
 
 rasterize.register_autograd(_backward, setup_context=_setup_context)

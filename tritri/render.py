@@ -150,8 +150,8 @@ def raster_config(
 
     From :func:`tritri.tuning.launch_config`: on CUDA the tuned file for this GPU (else the
     heuristic default); on the CPU and inside ``torch.compile`` traces the heuristic default.
-    Tile size, chunk size and binning come from the forward config for both passes (the backward
-    replays the forward's walk); the backward config contributes its ``num_warps``.
+    Tile size and binning come from the forward config for both passes (the backward replays the
+    forward's walk); the backward config contributes its ``chunk`` and ``num_warps``.
     """
     from tritri.tuning import launch_config
 
@@ -161,7 +161,7 @@ def raster_config(
     if RASTER_CONFIG_OVERRIDE:
         forward = {**forward, **RASTER_CONFIG_OVERRIDE}
         backward = {**backward, **RASTER_CONFIG_OVERRIDE}
-    return forward, {**forward, "num_warps": backward["num_warps"]}
+    return forward, {**forward, "chunk": backward["chunk"], "num_warps": backward["num_warps"]}
 
 
 def render(
@@ -239,7 +239,7 @@ def render(
             color, T = rasterize(
                 prep.edges, prep.edges.new_empty(0) if prep.bary is None else prep.bary,
                 prep.colors, prep.opacity, prep.cull, height, width, int(fwd["tile"]),
-                int(fwd["chunk"]), int(fwd["num_warps"]), int(bwd["num_warps"]),
+                int(fwd["chunk"]), int(fwd["num_warps"]), int(bwd["chunk"]), int(bwd["num_warps"]),
                 str(fwd["binning"]), int(fwd["pairs_per_triangle"]), bool(deterministic),
             )  # fmt: skip
         elif resolved == "numba":

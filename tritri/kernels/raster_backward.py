@@ -1,13 +1,15 @@
 """Backward rasterization kernel and its launcher.
 
-The program of an (image, tile) replays the forward walk front to back (same chunks, same culling,
+The program of an (image, tile) replays the forward walk front to back (same blocks, same culling,
 same early exit) and, per pair, uses the saved final color: the color still to come after a pair is
-``color_final - prefix``, so no transmittance is reconstructed by division. Each chunk's gradients
-are summed over the tile's pixels and written once per (triangle, tile):
+``color_final - prefix``, so no transmittance is reconstructed by division. Each triangle's
+gradients are summed over the tile's pixels (in-thread adds, then warp shuffles: one row of sums per
+warp) and written once per (triangle, tile, warp):
 
-- default: ``tl.atomic_add`` into the (B, N, ...) gradient buffers (order-dependent rounding);
-- deterministic: stored into a per-pair partial buffer at the pair's emission slot (triangle-major),
-  then summed per triangle in a fixed order in torch (float64 prefix sums).
+- default: one vector ``tl.atomic_add`` per warp into the (B, N, ...) gradient buffers, lane k
+  adding column k of the row (order-dependent rounding);
+- deterministic: the warps' total stored into a per-pair partial buffer at the pair's emission slot
+  (triangle-major), then summed per triangle in a fixed order in torch (float64 prefix sums).
 
 Gradients are with respect to the rasterizer's own inputs -- edge planes, barycentric planes,
 colors, opacity; torch autograd maps them back to the vertices (tritri.geometry).
@@ -27,172 +29,225 @@ from torch import Tensor
 
 from tritri.kernels.raster_common import (
     ALPHA_MAX,
-    barycentrics,
-    chunk_triangles,
-    composite_chunk,
-    load_colors,
+    REC_BARY,
+    REC_OPACITY,
+    WALK_LIST,
+    WALK_OVERFLOW,
+    WALK_SCAN,
+    all_stopped,
+    channel_dot,
+    check_raster_config,
+    clamped_barycentrics,
+    composite_step,
+    load_record,
+    next_hit,
+    pack_triangles,
+    planes_at,
+    reciprocal,
+    record_width,
+    scan_block_hits,
+    start_state,
+    tile_geometry,
     tile_pixels,
     tile_work,
+    unpack_gradients,
+    vertex_color,
 )
 
 
 @triton.jit
-def _emit(grad_ptr, grad_off, part_ptr, part_off, val, mask, DETERMINISTIC: tl.constexpr):
-    if DETERMINISTIC:
-        tl.store(part_ptr + part_off, val, mask=mask)
+def _warp_sums(v):
+    """Per-warp sums of a [PPT, WARPS, 32] block: [WARPS] (in-thread adds, then lane shuffles)."""
+    return tl.sum(tl.sum(v, axis=0), axis=1)
+
+
+@triton.jit
+def _put(row, lane, k: tl.constexpr, val):
+    """Set column ``k`` of a [WARPS, KB] row of per-warp sums to ``val`` [WARPS]."""
+    return tl.where(lane == k, val[:, None], row)
+
+
+@triton.jit
+def _put_plane(row, lane, k: tl.constexpr, d, px0, py, dx):
+    """Set columns k..k+2 of ``row`` to the gradient of a plane (A, B, C) given dL/dplane-value
+    ``d`` per pixel: the sums of d*x, d*y and d. A thread's pixels share y and are ``dx`` right of
+    its first one, so the per-pixel work is one add and one FMA."""
+    s0 = tl.sum(d, axis=0)[None]  # [1, WARPS, 32]
+    sx = tl.sum(d * dx, axis=0)[None]
+    row = _put(row, lane, k, _warp_sums(tl.fma(s0, px0, sx)))
+    row = _put(row, lane, k + 1, _warp_sums(s0 * py))
+    return _put(row, lane, k + 2, _warp_sums(s0))
+
+
+@triton.jit
+def _put_colors(row, lane, k: tl.constexpr, g_color, weight):
+    """Set columns k..k+C-1 of ``row`` to one vertex's color gradient: the sums over the pixels of
+    g_color[c] * weight."""
+    for c in tl.static_range(len(g_color)):
+        row = _put(row, lane, k + c, _warp_sums(g_color[c] * weight))
+    return row
+
+
+@triton.jit
+def _backward_item(
+    rec, grad_row, px0, py, dx, g_color, T, thr, rem,
+    C: tl.constexpr, PER_VERTEX: tl.constexpr, WARPS: tl.constexpr, REC: tl.constexpr,
+    K: tl.constexpr, KB: tl.constexpr, DETERMINISTIC: tl.constexpr,
+):  # fmt: skip
+    """Replay the triangle of record ``rec`` against the pixels' state (T, thresholds, ``rem``)
+    and write its gradients for this tile to ``grad_row``.
+
+    The tile's sums are gathered into one row per warp with the record's columns (edges 0..8,
+    opacity 9, bary 10..18 for per-vertex colors, then the V * C colors) and added to the
+    triangle's gradient row with one vector atomic per warp, lane k adding column k; the
+    deterministic mode stores the warps' total in the pair's partial row instead.
+    """
+    K_COLORS: tl.constexpr = 19 if PER_VERTEX else 10
+
+    v = load_record(rec, REC)
+    z0, z1, z2 = planes_at(v, 0, px0, py, dx, True)
+    o = v[REC_OPACITY]
+    T_before = T
+    edge, w, ow, a, one_minus, take, T, thr = composite_step(z0, z1, z2, o, T, thr)
+    vis = tl.where(take, a * T_before, 0.0)
+
+    gc0 = channel_dot(vertex_color(v, 0, C, PER_VERTEX), g_color)  # <g, c_0>
+    if PER_VERTEX:
+        gc1 = channel_dot(vertex_color(v, 1, C, PER_VERTEX), g_color)
+        gc2 = channel_dot(vertex_color(v, 2, C, PER_VERTEX), g_color)
+        r0, r1, r2, inv_total = clamped_barycentrics(v, px0, py, dx, True)
+        g_col = (r0 * gc0 + r1 * gc1 + r2 * gc2) * inv_total
     else:
-        tl.atomic_add(grad_ptr + grad_off, val, mask=mask)
+        g_col = gc0
 
+    rem -= vis * g_col  # now <g, color after this pair> + g_T * T_final
+    d_alpha = tl.where(take, T_before * g_col - rem * reciprocal(one_minus), 0.0)
+    d_ow = tl.where(ow < ALPHA_MAX, d_alpha, 0.0)
+    d_z = (d_ow * o) * tl.fma(-w, w, w)  # d sigmoid(z) / dz = w (1 - w)
 
-@triton.jit
-def _emit_plane(grad_ptr, tri, q: tl.constexpr, part_ptr, row, k_off: tl.constexpr, d, px, py,
-                wm, DETERMINISTIC: tl.constexpr):  # fmt: skip
-    """Write the gradient of plane q (A, B, C) given dL/dplane-value d [G, P]."""
-    _emit(grad_ptr, tri * 9 + 3 * q, part_ptr, row + k_off + 3 * q,
-          tl.sum(d * px[None, :], axis=1), wm, DETERMINISTIC)  # fmt: skip
-    _emit(grad_ptr, tri * 9 + 3 * q + 1, part_ptr, row + k_off + 3 * q + 1,
-          tl.sum(d * py[None, :], axis=1), wm, DETERMINISTIC)  # fmt: skip
-    _emit(grad_ptr, tri * 9 + 3 * q + 2, part_ptr, row + k_off + 3 * q + 2,
-          tl.sum(d, axis=1), wm, DETERMINISTIC)  # fmt: skip
+    lane = tl.arange(0, KB)[None, :]
+    row = tl.zeros((WARPS, KB), tl.float32)
+    # min over the three edges: the gradient goes to the first minimal one
+    row = _put_plane(row, lane, 0, tl.where(edge == 0, d_z, 0.0), px0, py, dx)
+    row = _put_plane(row, lane, 3, tl.where(edge == 1, d_z, 0.0), px0, py, dx)
+    row = _put_plane(row, lane, 6, tl.where(edge == 2, d_z, 0.0), px0, py, dx)
+    row = _put(row, lane, REC_OPACITY, _warp_sums(d_ow * w))
+    if PER_VERTEX:
+        # color = sum_j r_j c_j / R with r_j = max(beta_j, 0), R = sum_j r_j
+        scale = vis * inv_total
+        # one vertex at a time, so each vertex's r_j and <g, c_j> die as soon as they can
+        row = _put_plane(row, lane, REC_BARY, tl.where(r0 > 0.0, scale * (gc0 - g_col), 0.0),
+                         px0, py, dx)  # fmt: skip
+        row = _put_colors(row, lane, K_COLORS, g_color, scale * r0)
+        row = _put_plane(row, lane, REC_BARY + 3,
+                         tl.where(r1 > 0.0, scale * (gc1 - g_col), 0.0), px0, py, dx)  # fmt: skip
+        row = _put_colors(row, lane, K_COLORS + C, g_color, scale * r1)
+        row = _put_plane(row, lane, REC_BARY + 6,
+                         tl.where(r2 > 0.0, scale * (gc2 - g_col), 0.0), px0, py, dx)  # fmt: skip
+        row = _put_colors(row, lane, K_COLORS + 2 * C, g_color, scale * r2)
+    else:
+        row = _put_colors(row, lane, K_COLORS, g_color, vis)
 
-
-@triton.jit
-def _emit_colors(grad_ptr, tri, j: tl.constexpr, part_ptr, row, k_off: tl.constexpr, val, wm,
-                 V: tl.constexpr, C: tl.constexpr, CB: tl.constexpr,
-                 DETERMINISTIC: tl.constexpr):  # fmt: skip
-    """Write a [CB, G] color gradient of vertex j."""
-    cc = tl.arange(0, CB)
-    mask = (cc[:, None] < C) & wm[None, :]
-    grad_off = tri[None, :] * (V * C) + j * C + cc[:, None]
-    part_off = row[None, :] + k_off + j * C + cc[:, None]
-    _emit(grad_ptr, grad_off, part_ptr, part_off, val, mask, DETERMINISTIC)
+    if DETERMINISTIC:
+        tl.store(grad_row + lane, tl.sum(row, axis=0)[None, :], mask=lane < K)
+    else:
+        warp0 = tl.zeros((WARPS, 1), tl.int64)
+        tl.atomic_add(grad_row + lane + warp0, row, mask=lane < K, sem="relaxed")
+    return T, thr, rem
 
 
 @triton.jit
 def raster_backward_kernel(
-    edges_ptr, bary_ptr, colors_ptr, opacity_ptr, cull_ptr,
-    tri_list_ptr, tile_start_ptr, tile_end_ptr, scan_ptr, slot_ptr,
-    color_ptr, T_ptr, grad_color_ptr, grad_T_ptr,
-    g_edges_ptr, g_bary_ptr, g_colors_ptr, g_opacity_ptr, part_ptr,
+    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, overflow_ptr, slot_ptr,
+    color_ptr, T_ptr, grad_color_ptr, grad_T_ptr, grad_ptr,
     N, H, W, n_tiles_x, n_tiles,
-    C: tl.constexpr, CB: tl.constexpr, PER_VERTEX: tl.constexpr,
-    TILE: tl.constexpr, G: tl.constexpr, ALWAYS_SCAN: tl.constexpr,
-    DETERMINISTIC: tl.constexpr, K: tl.constexpr,
+    C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr, STRIDE: tl.constexpr,
+    K: tl.constexpr, KB: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr,
+    WALK: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):  # fmt: skip
-    """Inputs as the forward plus color/T (forward outputs) and their gradients; gradient buffers
-    shaped like the inputs (atomics) or part (capacity, K) (deterministic)."""
-    P: tl.constexpr = TILE * TILE
-    V: tl.constexpr = 3 if PER_VERTEX else 1
-    # partial-row layout: edges 0..8 | opacity 9 | bary 10..18 (per-vertex) | colors (V * C)
-    K_OPACITY: tl.constexpr = 9
-    K_BARY: tl.constexpr = 10
-    K_COLORS: tl.constexpr = 19 if PER_VERTEX else 10
-
+    """rec, cull as the forward; color/T its outputs and grad_color/grad_T their gradients;
+    STRIDE: the records' row stride: 2 * REC with atomics, each record followed by its triangle's
+    gradient row (one pointer serves both); REC when deterministic, with ``grad`` the (pairs, K)
+    per-pair partial rows
+    (deterministic, indexed by slot); KB = K rounded up to a power of two >= 32. Launch with
+    num_warps=WARPS."""
+    PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
     tile = pid % n_tiles
-    row, col, pmask, px, py, xmin, xmax, ymin, ymax = tile_pixels(tile, n_tiles_x, H, W, TILE)
+    px0, py, dx, xmin, xmax, ymin, ymax = tile_geometry(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
+    pix, pmask = tile_pixels(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
+    list_end, n_items, active = tile_work(pid, b, N, overflow_ptr, tile_start_ptr, tile_end_ptr,
+                                          WALK)  # fmt: skip
 
-    scan, list_end, n_items = tile_work(
-        pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, ALWAYS_SCAN
-    )
-
-    cc = tl.arange(0, CB)
-    pix = row * W + col
-    coffs = (b * C + cc[:, None]) * H * W + pix[None, :]
-    cmask = (cc[:, None] < C) & pmask[None, :]
-    g_color = tl.load(grad_color_ptr + coffs, mask=cmask, other=0.0)  # [CB, P]
-    final = tl.load(color_ptr + coffs, mask=cmask, other=0.0)
     g_T = tl.load(grad_T_ptr + b * H * W + pix, mask=pmask, other=0.0)
     T_final = tl.load(T_ptr + b * H * W + pix, mask=pmask, other=1.0)
-    g_final = tl.sum(g_color * final, axis=0)  # <g, color_final> [P]
-    g_behind = g_T * T_final  # the transmittance gradient's share
+    # rem = <g, color still to come after the pairs walked so far> + g_T * T_final
+    rem = g_T * T_final
+    g_color = ()
+    for c in tl.static_range(C):
+        offs = (b * C + c) * H * W + pix
+        g_c = tl.load(grad_color_ptr + offs, mask=pmask, other=0.0)
+        rem = tl.fma(g_c, tl.load(color_ptr + offs, mask=pmask, other=0.0), rem)
+        g_color = g_color + (g_c,)
 
-    T = tl.full((P,), 1.0, tl.float32)
-    done = (pmask == 0).to(tl.int32)
-    g_prefix = tl.zeros((P,), tl.float32)  # <g, color composited so far>
-    it = pid * 0
+    T, thr = start_state(pmask)
+    SCAN: tl.constexpr = WALK != WALK_LIST
+    # per-image bases: the walk's indices stay 32-bit, the offsets from them are int64
+    rec_img = rec_ptr + b * N * STRIDE
+    it = n_items * 0
     go = n_items > 0
     while go:
-        tri, pos, live = chunk_triangles(
-            b, N, it, n_items, scan, list_end, tri_list_ptr, cull_ptr, edges_ptr,
-            xmin, xmax, ymin, ymax, G,
-        )  # fmt: skip
-        if tl.max(live.to(tl.int32), axis=0) > 0:
-            z0, z1, z2, w, o, ow, a, keep, t_excl, T, done = composite_chunk(
-                edges_ptr, opacity_ptr, tri, live, px, py, pmask, T, done
-            )
-            vis = tl.where(keep, a * t_excl, 0.0)  # [G, P]
-            wm = live & (tl.max(keep.to(tl.int32), axis=1) > 0)
-            if DETERMINISTIC:
-                row_k = tl.load(slot_ptr + pos, mask=live, other=0) * K
-            else:
-                row_k = pos * 0
-
-            c0 = load_colors(colors_ptr, tri, 0, live, V, C, CB)
-            gc0 = tl.sum(c0[:, :, None] * g_color[:, None, :], axis=0)  # <g, c_0> [G, P]
-            if PER_VERTEX:
-                c1 = load_colors(colors_ptr, tri, 1, live, V, C, CB)
-                c2 = load_colors(colors_ptr, tri, 2, live, V, C, CB)
-                gc1 = tl.sum(c1[:, :, None] * g_color[:, None, :], axis=0)
-                gc2 = tl.sum(c2[:, :, None] * g_color[:, None, :], axis=0)
-                b0, b1, b2, total = barycentrics(bary_ptr, tri, live, px, py)
-                g_col = (b0 * gc0 + b1 * gc1 + b2 * gc2) / total
-            else:
-                g_col = gc0
-
-            contrib = vis * g_col
-            g_prefix_incl = g_prefix[None, :] + tl.cumsum(contrib, axis=0)
-            g_prefix += tl.sum(contrib, axis=0)
-            g_after = g_final[None, :] - g_prefix_incl  # <g, color still to come>
-            d_alpha = tl.where(
-                keep, t_excl * g_col - (g_after + g_behind[None, :]) / (1.0 - a), 0.0
-            )
-            d_ow = tl.where(ow < ALPHA_MAX, d_alpha, 0.0)
-            _emit(g_opacity_ptr, tri, part_ptr, row_k + K_OPACITY, tl.sum(d_ow * w, axis=1), wm,
-                  DETERMINISTIC)  # fmt: skip
-            d_z = d_ow * o[:, None] * w * (1.0 - w)
-            # min over the three edges: the gradient goes to the first minimal one
-            m0 = (z0 <= z1) & (z0 <= z2)
-            m1 = (z1 < z0) & (z1 <= z2)
-            m2 = (z2 < z0) & (z2 < z1)
-            _emit_plane(g_edges_ptr, tri, 0, part_ptr, row_k, 0, tl.where(m0, d_z, 0.0), px, py,
-                        wm, DETERMINISTIC)  # fmt: skip
-            _emit_plane(g_edges_ptr, tri, 1, part_ptr, row_k, 0, tl.where(m1, d_z, 0.0), px, py,
-                        wm, DETERMINISTIC)  # fmt: skip
-            _emit_plane(g_edges_ptr, tri, 2, part_ptr, row_k, 0, tl.where(m2, d_z, 0.0), px, py,
-                        wm, DETERMINISTIC)  # fmt: skip
-
-            if PER_VERTEX:
-                # color = sum_j r_j c_j / R with r_j = max(beta_j, 0), R = sum_j r_j
-                scale = vis / total
-                for j in tl.static_range(3):
-                    if j == 0:
-                        bj = b0
-                        gcj = gc0
-                    elif j == 1:
-                        bj = b1
-                        gcj = gc1
-                    else:
-                        bj = b2
-                        gcj = gc2
-                    d_beta = tl.where(bj > 0.0, scale * (gcj - g_col), 0.0)
-                    _emit_plane(g_bary_ptr, tri, j, part_ptr, row_k, K_BARY, d_beta, px, py, wm,
-                                DETERMINISTIC)  # fmt: skip
-                    g_cj = tl.sum(g_color[:, None, :] * (scale * bj)[None, :, :], axis=2)
-                    _emit_colors(g_colors_ptr, tri, j, part_ptr, row_k, K_COLORS, g_cj, wm, V, C,
-                                 CB, DETERMINISTIC)  # fmt: skip
-            else:
-                g_c0 = tl.sum(g_color[:, None, :] * vis[None, :, :], axis=2)  # [CB, G]
-                _emit_colors(g_colors_ptr, tri, 0, part_ptr, row_k, K_COLORS, g_c0, wm, V, C, CB,
-                             DETERMINISTIC)  # fmt: skip
-        it += G
-        go = (it < n_items) & (tl.sum(done, axis=0) < P)
+        if SCAN:
+            hits = scan_block_hits(N, it, rec_img, cull_ptr + b * N * 5, STRIDE, xmin, xmax, ymin,
+                                   ymax)  # fmt: skip
+            while hits != 0:
+                bit, hits = next_hit(hits)
+                n = (N - 1 - (it + bit)).to(tl.int64)
+                T, thr, rem = _backward_item(
+                    rec_img + n * STRIDE, rec_img + n * STRIDE + REC, px0, py, dx, g_color, T,
+                    thr, rem,
+                    C, PER_VERTEX, WARPS, REC, K, KB, DETERMINISTIC,
+                )  # fmt: skip
+            it += 32
+        else:
+            pos = list_end - 1 - it  # the list is walked backwards
+            stop_pos = pos - tl.minimum(n_items - it, CHUNK)
+            while pos > stop_pos:
+                n = tl.load(tri_list_ptr + pos).to(tl.int64)
+                if DETERMINISTIC:
+                    grad_row = grad_ptr + tl.load(slot_ptr + pos) * K
+                else:
+                    grad_row = rec_img + n * STRIDE + REC
+                T, thr, rem = _backward_item(
+                    rec_img + n * STRIDE, grad_row, px0, py, dx, g_color, T, thr, rem,
+                    C, PER_VERTEX, WARPS, REC, K, KB, DETERMINISTIC,
+                )  # fmt: skip
+                pos -= 1
+            it += CHUNK
+        go = (it < n_items) & (all_stopped(thr) == 0)
 
 
-def partial_width(per_vertex: bool, channels: int) -> int:
-    """Columns of a per-pair partial row: edges 9, opacity 1, bary 9 (per-vertex), colors V*C."""
-    return 10 + (9 + 3 * channels if per_vertex else channels)
+MAX_REGISTERS = {False: 128, True: 192}
+"""Register cap per thread, flat / per-vertex colors (ptxas trades some instruction-level
+parallelism for it; at the default config flat colors keep 16 warps per SM resident without
+spilling, see ``tritri check``)."""
+
+
+STATE_REGISTERS = 48
+"""Registers per thread the backward's per-pixel state may take: T, the stop threshold, the
+remaining color and the C incoming gradient channels, for each of its pixels."""
+
+
+def backward_warps(tile: int, num_warps: int, channels: int) -> int:
+    """The warps the backward launches with: ``num_warps``, doubled while a thread's pixels'
+    state would exceed :data:`STATE_REGISTERS` (wide colors: C >= 4 at the default tile 16 and
+    one warp), so that the kernel fits its register cap without spilling (``tritri check``)."""
+    while (tile * tile) // (32 * num_warps) * (3 + channels) > STATE_REGISTERS and (
+        64 * num_warps <= tile * tile
+    ):
+        num_warps *= 2
+    return num_warps
 
 
 def raster_backward(
@@ -211,58 +266,54 @@ def raster_backward(
     tile: int,
     chunk: int,
     deterministic: bool,
-    num_warps: int = 4,
+    num_warps: int = 1,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Launch the backward kernel; returns gradients for edges, bary (or None), colors, opacity.
 
     grad_color / color: (B, C, H, W) fp32; grad_T / T: (B, H, W) fp32; the rest as in
     :func:`tritri.kernels.raster_forward.raster_forward`. ``deterministic`` needs ``bins`` built
-    with an exact capacity (no overflow).
+    with an exact capacity (no overflow). ``chunk``: walk items between the early-exit checks
+    (the walk order is the forward's whatever the chunk).
     """
     from tritri.binning import tile_grid
 
+    check_raster_config(tile, chunk, num_warps)
     B, N = edges.shape[:2]
-    V, C = colors.shape[-2:]
+    C = colors.shape[-1]
+    num_warps = backward_warps(tile, num_warps, C)
     per_vertex = bary is not None
     ntx, nty = tile_grid(height, width, tile)
-    K = partial_width(per_vertex, C)
-    device = edges.device
+    K, REC = record_width(per_vertex, C)
+    rec = pack_triangles(edges, bary, colors, opacity)
     dummy = edges.new_zeros(1, dtype=torch.int64)
     if deterministic:
         if bins is None:
             raise ValueError("deterministic backward needs sorted bins")
-        part = torch.zeros(bins.tri.numel(), K, dtype=torch.float32, device=device)
-        g_edges = g_bary = g_colors = g_opacity = part
+        # exact bins never overflow: the list walk alone covers every image
+        grad = torch.zeros(bins.tri.numel(), K, dtype=torch.float32, device=edges.device)
+        walks = (WALK_LIST,)
     else:
-        part = edges.new_zeros(1)
-        g_edges = torch.zeros_like(edges)
-        g_bary = torch.zeros_like(bary) if per_vertex else g_edges
-        g_colors = torch.zeros_like(colors)
-        g_opacity = torch.zeros_like(opacity)
-    raster_backward_kernel[(B * ntx * nty,)](
-        edges, edges if bary is None else bary, colors, opacity, cull,
-        dummy if bins is None else bins.tri,
-        dummy if bins is None else bins.start,
-        dummy if bins is None else bins.end,
-        dummy if bins is None else bins.overflow.to(torch.int32),
-        dummy if bins is None else bins.slot,
-        color, T, grad_color, grad_T,
-        g_edges, g_bary, g_colors, g_opacity, part,
-        N, height, width, ntx, ntx * nty,
-        C=C, CB=triton.next_power_of_2(C), PER_VERTEX=per_vertex,
-        TILE=tile, G=chunk, ALWAYS_SCAN=bins is None,
-        DETERMINISTIC=deterministic, K=K,
-        num_warps=num_warps,
+        rec = torch.cat([rec, torch.zeros_like(rec)], dim=-1)  # record | gradient row
+        grad = dummy
+        walks = (WALK_SCAN,) if bins is None else (WALK_LIST, WALK_OVERFLOW)
+    lists = (dummy,) * 5 if bins is None else (
+        bins.tri, bins.start, bins.end, bins.overflow, bins.slot
     )  # fmt: skip
-    if not deterministic:
-        return g_edges, (g_bary if per_vertex else None), g_colors, g_opacity
-
-    # Sum each triangle's contiguous run of partial rows in a fixed order.
-    prefix = torch.cat([part.new_zeros(1, K, dtype=torch.float64), part.double().cumsum(0)])
-    first = bins.first.reshape(-1)
-    sums = (prefix[first + bins.count.reshape(-1)] - prefix[first]).float().reshape(B, N, K)
-    g_edges = sums[..., :9].contiguous()
-    g_opacity = sums[..., 9].contiguous()
-    g_bary = sums[..., 10:19].contiguous() if per_vertex else None
-    g_colors = sums[..., (19 if per_vertex else 10) :].reshape(B, N, V, C).contiguous()
-    return g_edges, g_bary, g_colors, g_opacity
+    for walk in walks:
+        raster_backward_kernel[(B * ntx * nty,)](
+            rec, cull, *lists, color, T, grad_color, grad_T, grad,
+            N, height, width, ntx, ntx * nty,
+            C=C, PER_VERTEX=per_vertex, REC=REC, STRIDE=rec.shape[-1], K=K,
+            KB=max(32, triton.next_power_of_2(K)),
+            TILE=tile, CHUNK=chunk, WARPS=num_warps, WALK=walk.value,
+            DETERMINISTIC=deterministic,
+            num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
+        )  # fmt: skip
+    if deterministic:
+        # sum each triangle's contiguous run of partial rows in a fixed order
+        prefix = torch.cat([grad.new_zeros(1, K, dtype=torch.float64), grad.double().cumsum(0)])
+        first = bins.first.reshape(-1)
+        grad = (prefix[first + bins.count.reshape(-1)] - prefix[first]).float().reshape(B, N, K)
+    else:
+        grad = rec[..., REC:]
+    return unpack_gradients(grad, per_vertex, colors.shape)

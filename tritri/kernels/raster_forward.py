@@ -4,7 +4,8 @@ One program per (image, tile) composites the tile's triangles front to back (ind
 writes the premultiplied color (no background) and the final transmittance per pixel. That fp32
 color and T are all the backward needs: it replays the same walk front to back and gets each pair's
 suffix color as ``color_final - prefix`` -- no division by (1 - alpha) to reconstruct T, and the
-same early exit as the forward (research notes, section 7.1).
+same early exit as the forward (research notes, section 7.1). Layout and walk:
+:mod:`tritri.kernels.raster_common`.
 """
 
 from __future__ import annotations
@@ -15,74 +16,126 @@ import triton.language as tl
 from torch import Tensor
 
 from tritri.kernels.raster_common import (
-    barycentrics,
-    chunk_triangles,
-    composite_chunk,
-    load_colors,
+    REC_OPACITY,
+    WALK_LIST,
+    WALK_OVERFLOW,
+    WALK_SCAN,
+    all_stopped,
+    check_raster_config,
+    clamped_barycentrics,
+    composite_step,
+    load_record,
+    next_hit,
+    pack_triangles,
+    planes_at,
+    scan_block_hits,
+    start_state,
+    tile_geometry,
     tile_pixels,
     tile_work,
+    vertex_color,
 )
 
 
 @triton.jit
+def _forward_item(rec, px0, py, dx, T, thr, acc, C: tl.constexpr, PER_VERTEX: tl.constexpr,
+                  REC: tl.constexpr):  # fmt: skip
+    """Composite the triangle of record ``rec`` into the pixels' T, thresholds and color (C
+    blocks). The planes are evaluated exactly as the backward does (stepped), so its replay makes
+    the same skip and stop decisions bit for bit."""
+    v = load_record(rec, REC)
+    z0, z1, z2 = planes_at(v, 0, px0, py, dx, True)
+    o = v[REC_OPACITY]
+    T_before = T
+    _, w, ow, a, one_minus, take, T, thr = composite_step(z0, z1, z2, o, T, thr)
+    vis = tl.where(take, a * T_before, 0.0)
+    out = ()
+    if PER_VERTEX:
+        r0, r1, r2, inv_total = clamped_barycentrics(v, px0, py, dx, True)
+        scale = vis * inv_total
+        w0, w1, w2 = r0 * scale, r1 * scale, r2 * scale
+        c0 = vertex_color(v, 0, C, PER_VERTEX)
+        c1 = vertex_color(v, 1, C, PER_VERTEX)
+        c2 = vertex_color(v, 2, C, PER_VERTEX)
+        for c in tl.static_range(C):
+            out = out + (tl.fma(c0[c], w0, tl.fma(c1[c], w1, tl.fma(c2[c], w2, acc[c]))),)
+    else:
+        c0 = vertex_color(v, 0, C, PER_VERTEX)
+        for c in tl.static_range(C):
+            out = out + (tl.fma(c0[c], vis, acc[c]),)
+    return T, thr, out
+
+
+@triton.jit
+def _forward_walk(
+    rec_ptr, cull_ptr, tri_list_ptr, b, N, n_items, list_end, px0, py, dx,
+    xmin, xmax, ymin, ymax, T, thr, acc,
+    C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr, CHUNK: tl.constexpr,
+    SCAN: tl.constexpr,
+):  # fmt: skip
+    """Walk the tile's triangles front to back, in blocks (scan: 32 of all N, culled at once;
+    list: CHUNK entries of the tile's sorted list), leaving after a block once every pixel has
+    stopped."""
+    # per-image bases: the walk's indices stay 32-bit, the offsets from them are int64
+    rec_img = rec_ptr + b * N * REC
+    it = n_items * 0
+    go = n_items > 0
+    while go:
+        if SCAN:
+            hits = scan_block_hits(N, it, rec_img, cull_ptr + b * N * 5, REC, xmin, xmax, ymin,
+                                   ymax)  # fmt: skip
+            while hits != 0:
+                bit, hits = next_hit(hits)
+                rec = rec_img + (N - 1 - (it + bit)).to(tl.int64) * REC
+                T, thr, acc = _forward_item(rec, px0, py, dx, T, thr, acc, C, PER_VERTEX, REC)
+            it += 32
+        else:
+            entry = tri_list_ptr + (list_end - 1 - it)  # walked backwards
+            for k in tl.range(tl.minimum(n_items - it, CHUNK), loop_unroll_factor=1):
+                rec = rec_img + tl.load(entry - k).to(tl.int64) * REC
+                T, thr, acc = _forward_item(rec, px0, py, dx, T, thr, acc, C, PER_VERTEX, REC)
+            it += CHUNK
+        go = (it < n_items) & (all_stopped(thr) == 0)
+    return T, thr, acc
+
+
+@triton.jit
 def raster_forward_kernel(
-    edges_ptr, bary_ptr, colors_ptr, opacity_ptr, cull_ptr,
-    tri_list_ptr, tile_start_ptr, tile_end_ptr, scan_ptr,
+    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, overflow_ptr,
     out_color_ptr, out_T_ptr,
     N, H, W, n_tiles_x, n_tiles,
-    C: tl.constexpr, CB: tl.constexpr, PER_VERTEX: tl.constexpr,
-    TILE: tl.constexpr, G: tl.constexpr, ALWAYS_SCAN: tl.constexpr,
+    C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr,
+    TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr, WALK: tl.constexpr,
 ):  # fmt: skip
-    """edges/bary (B, N, 9), colors (B, N, V, C), opacity (B, N), cull (B, N, 5) fp32;
-    out_color (B, C, H, W) and out_T (B, H, W) fp32."""
-    P: tl.constexpr = TILE * TILE
-    V: tl.constexpr = 3 if PER_VERTEX else 1
+    """rec (B, N, REC) triangle records (raster_common), cull (B, N, 5) fp32; out_color
+    (B, C, H, W) and out_T (B, H, W) fp32. Launch with num_warps=WARPS."""
+    PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
     tile = pid % n_tiles
-    row, col, pmask, px, py, xmin, xmax, ymin, ymax = tile_pixels(tile, n_tiles_x, H, W, TILE)
+    px0, py, dx, xmin, xmax, ymin, ymax = tile_geometry(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
+    list_end, n_items, active = tile_work(pid, b, N, overflow_ptr, tile_start_ptr, tile_end_ptr,
+                                          WALK)  # fmt: skip
+    T, thr = start_state(tile_pixels(tile, n_tiles_x, H, W, TILE, PPT, WARPS)[1])
+    acc = ()
+    for _ in tl.static_range(C):
+        acc = acc + (tl.zeros((PPT, WARPS, 32), tl.float32),)
+    T, thr, acc = _forward_walk(
+        rec_ptr, cull_ptr, tri_list_ptr, b, N, n_items, list_end, px0, py, dx,
+        xmin, xmax, ymin, ymax, T, thr, acc, C, PER_VERTEX, REC, CHUNK, WALK != WALK_LIST,
+    )  # fmt: skip
 
-    scan, list_end, n_items = tile_work(
-        pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, ALWAYS_SCAN
-    )
+    # the pixel indices are recomputed here rather than kept live through the walk
+    pix, pmask = tile_pixels(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
+    out = pmask & active
+    for c in tl.static_range(C):
+        tl.store(out_color_ptr + (b * C + c) * H * W + pix, acc[c], mask=out)
+    tl.store(out_T_ptr + b * H * W + pix, T, mask=out)
 
-    T = tl.full((P,), 1.0, tl.float32)
-    done = (pmask == 0).to(tl.int32)
-    acc = tl.zeros((CB, P), tl.float32)
-    it = pid * 0
-    go = n_items > 0
-    while go:
-        tri, pos, live = chunk_triangles(
-            b, N, it, n_items, scan, list_end, tri_list_ptr, cull_ptr, edges_ptr,
-            xmin, xmax, ymin, ymax, G,
-        )  # fmt: skip
-        if tl.max(live.to(tl.int32), axis=0) > 0:
-            z0, z1, z2, w, o, ow, a, keep, t_excl, T, done = composite_chunk(
-                edges_ptr, opacity_ptr, tri, live, px, py, pmask, T, done
-            )
-            vis = tl.where(keep, a * t_excl, 0.0)  # [G, P]
-            if PER_VERTEX:
-                b0, b1, b2, total = barycentrics(bary_ptr, tri, live, px, py)
-                c0 = load_colors(colors_ptr, tri, 0, live, V, C, CB)
-                c1 = load_colors(colors_ptr, tri, 1, live, V, C, CB)
-                c2 = load_colors(colors_ptr, tri, 2, live, V, C, CB)
-                color = (
-                    c0[:, :, None] * (b0 / total)[None, :, :]
-                    + c1[:, :, None] * (b1 / total)[None, :, :]
-                    + c2[:, :, None] * (b2 / total)[None, :, :]
-                )  # [CB, G, P]
-                acc += tl.sum(color * vis[None, :, :], axis=1)
-            else:
-                c0 = load_colors(colors_ptr, tri, 0, live, V, C, CB)
-                acc += tl.sum(c0[:, :, None] * vis[None, :, :], axis=1)
-        it += G
-        go = (it < n_items) & (tl.sum(done, axis=0) < P)
 
-    cc = tl.arange(0, CB)
-    pix = row * W + col
-    offs = (b * C + cc[:, None]) * H * W + pix[None, :]
-    tl.store(out_color_ptr + offs, acc, mask=(cc[:, None] < C) & pmask[None, :])
-    tl.store(out_T_ptr + b * H * W + pix, T, mask=pmask)
+MAX_REGISTERS = {False: 64, True: 96}
+"""Register cap per thread, flat / per-vertex colors: at the default config ptxas fits the
+forward in it without spilling (``tritri check``), and 64 keeps 32 warps per SM resident."""
 
 
 def raster_forward(
@@ -106,22 +159,26 @@ def raster_forward(
     """
     from tritri.binning import tile_grid
 
+    check_raster_config(tile, chunk, num_warps)
     B, N = edges.shape[:2]
     C = colors.shape[-1]
     ntx, nty = tile_grid(height, width, tile)
     out_color = torch.empty(B, C, height, width, dtype=torch.float32, device=edges.device)
     out_T = torch.empty(B, height, width, dtype=torch.float32, device=edges.device)
     dummy = edges.new_zeros(1, dtype=torch.int64)
-    raster_forward_kernel[(B * ntx * nty,)](
-        edges, edges if bary is None else bary, colors, opacity, cull,
-        dummy if bins is None else bins.tri,
-        dummy if bins is None else bins.start,
-        dummy if bins is None else bins.end,
-        dummy if bins is None else bins.overflow.to(torch.int32),
-        out_color, out_T,
-        N, height, width, ntx, ntx * nty,
-        C=C, CB=triton.next_power_of_2(C), PER_VERTEX=bary is not None,
-        TILE=tile, G=chunk, ALWAYS_SCAN=bins is None,
-        num_warps=num_warps,
-    )  # fmt: skip
+    if bins is None:
+        walks, lists = (WALK_SCAN,), (dummy, dummy, dummy, dummy)
+    else:
+        # lists where they fit, then a scan of the images whose lists overflowed
+        walks = (WALK_LIST, WALK_OVERFLOW)
+        lists = (bins.tri, bins.start, bins.end, bins.overflow)
+    rec = pack_triangles(edges, bary, colors, opacity)
+    for walk in walks:
+        raster_forward_kernel[(B * ntx * nty,)](
+            rec, cull, *lists, out_color, out_T,
+            N, height, width, ntx, ntx * nty,
+            C=C, PER_VERTEX=bary is not None, REC=rec.shape[-1],
+            TILE=tile, CHUNK=chunk, WARPS=num_warps, WALK=walk.value,
+            num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[bary is not None],
+        )  # fmt: skip
     return out_color, out_T

@@ -21,21 +21,29 @@ from tritri.tuning.lookup import register_default
 RASTER_KERNELS = ("raster_forward", "raster_backward")
 RASTER_PROBLEM_KEYS = ("batch", "n_triangles", "height", "width")
 SCAN_MAX_TRIANGLES = 2048
+BACKWARD_NUM_WARPS = 1
+BACKWARD_CHUNK = 32
 """Up to this many triangles per image the default binning is ``"scan"``, above it ``"sorted"``."""
 
 
 def raster_default(problem: Mapping[str, Any]) -> dict[str, Any]:
-    """Default config of ``raster_forward`` / ``raster_backward`` for ``problem``."""
+    """Default config of ``raster_forward`` for ``problem``."""
     n_triangles = problem.get("n_triangles", 0)
     return {
         "tile": 16,
-        "chunk": 8,
-        "num_warps": 4,
+        "chunk": 32,
+        "num_warps": 2,
         "num_stages": 1,
         "binning": "scan" if n_triangles <= SCAN_MAX_TRIANGLES else "sorted",
         "pairs_per_triangle": 16,
     }
 
 
-for _kernel in RASTER_KERNELS:
-    register_default(_kernel, raster_default)
+def raster_backward_default(problem: Mapping[str, Any]) -> dict[str, Any]:
+    """Default config of ``raster_backward``: the forward's tile and binning (the backward
+    replays the forward's walk), with a chunk and warps of its own."""
+    return {**raster_default(problem), "chunk": BACKWARD_CHUNK, "num_warps": BACKWARD_NUM_WARPS}
+
+
+register_default("raster_forward", raster_default)
+register_default("raster_backward", raster_backward_default)

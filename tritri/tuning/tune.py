@@ -27,6 +27,8 @@ from tritri.tuning.slug import device_slug
 
 LAUNCHER_PACKAGES = ("tritri.kernels",)
 """Packages whose modules are imported so their launchers register tunables."""
+TUNABLE_MODULES = ("tritri.tuning.raster",)
+"""Modules that register tunables of kernels whose launchers do not (the rasterizer's)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +74,14 @@ def _gpu_problem() -> str | None:
 
 
 def import_launchers(packages: tuple[str, ...] = LAUNCHER_PACKAGES) -> list[str]:
-    """Import every module of ``packages`` (registering tunables); return failures as text."""
+    """Import every module of ``packages`` and :data:`TUNABLE_MODULES` (registering tunables);
+    return failures as text."""
     failures: list[str] = []
+    for name in TUNABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - one broken module must not stop tuning
+            failures.append(f"{name}: {type(err).__name__}: {err}")
     for package_name in packages:
         try:
             package = importlib.import_module(package_name)

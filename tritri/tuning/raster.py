@@ -3,7 +3,9 @@
 ``raster_forward`` tunes tile size, chunk size, warps and binning (the backward replays the
 forward's tiles and chunks, so those are chosen here); ``raster_backward`` tunes its launch's warps
 given the forward's default config. Problems are random scenes of small triangles like a fit
-produces. Imported by ``tritri tune`` only (it needs a GPU to run).
+produces. Imported by ``tritri tune`` (it needs a GPU to run) and by ``tritri check``, which
+compiles every candidate (``--all-configs``): a candidate that spills on sm_90 does not belong
+here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from tritri.tuning import register_tunable
-from tritri.tuning.defaults import raster_default
+from tritri.tuning.defaults import raster_backward_default, raster_default
 
 PROBLEMS = [
     {"batch": 8, "n_triangles": 256, "height": 256, "width": 256},
@@ -25,13 +27,19 @@ PROBLEMS = [
 ]
 QUICK_PROBLEMS = [PROBLEMS[1]]
 
+# The raster kernels put 32 * num_warps threads on a tile x tile block, tile <= 32 * num_warps <=
+# tile² (tritri.kernels.raster_common): tile 8 takes 1 or 2 warps, tile 16 up to 8. `tritri check
+# --all-configs` compiles every candidate; none spills on sm_90 (a candidate that did would not
+# be listed here).
 FORWARD_CANDIDATES = [
     {"tile": tile, "chunk": chunk, "num_warps": warps, "binning": binning}
-    for tile, chunk, warps, binning in itertools.product(
-        (8, 16), (4, 8, 16), (4, 8), ("scan", "sorted")
-    )
-] + [{"tile": 32, "chunk": 4, "num_warps": 8, "binning": b} for b in ("scan", "sorted")]
-BACKWARD_CANDIDATES = [{"num_warps": w} for w in (2, 4, 8)]
+    for tile, warps in ((8, 1), (8, 2), (16, 1), (16, 2), (16, 4))
+    for chunk, binning in itertools.product((8, 32), ("scan", "sorted"))
+]
+# The backward runs at the forward's tile (8 or 16): 1 or 2 warps fit both.
+BACKWARD_CANDIDATES = [
+    {"chunk": chunk, "num_warps": warps} for chunk, warps in itertools.product((8, 32), (1, 2))
+]
 
 
 def _device() -> str:
@@ -54,12 +62,14 @@ def _scene(problem: Mapping[str, Any]):
     return prepare_triangles(*args, H, W, 0.5)
 
 
-def _launch_args(prep, problem, forward: Mapping[str, Any], backward_warps: int):
+def _launch_args(prep, problem, forward: Mapping[str, Any], backward: Mapping[str, Any]):
+    """Arguments of tritri.ops.rasterize (its backward takes the same, less the forward's chunk
+    and warps: see backward_runner)."""
     return (
         prep.edges, prep.edges.new_empty(0), prep.colors, prep.opacity, prep.cull,
         problem["height"], problem["width"], int(forward["tile"]), int(forward["chunk"]),
-        int(forward["num_warps"]), backward_warps, str(forward["binning"]),
-        int(forward["pairs_per_triangle"]), False,
+        int(forward["num_warps"]), int(backward["chunk"]), int(backward["num_warps"]),
+        str(forward["binning"]), int(forward["pairs_per_triangle"]), False,
     )  # fmt: skip
 
 
@@ -68,7 +78,7 @@ def forward_runner(problem: Mapping[str, Any], config: Mapping[str, Any]) -> Cal
 
     prep = _scene(problem)
     forward = {**raster_default(problem), **config}
-    args = _launch_args(prep, problem, forward, int(forward["num_warps"]))
+    args = _launch_args(prep, problem, forward, raster_backward_default(problem))
     return lambda: rasterize(*args)
 
 
@@ -76,15 +86,15 @@ def backward_runner(problem: Mapping[str, Any], config: Mapping[str, Any]) -> Ca
     from tritri.ops import rasterize, rasterize_backward
 
     prep = _scene(problem)
-    forward = raster_default(problem)
-    warps = int(config["num_warps"])
-    args = _launch_args(prep, problem, forward, warps)
+    backward = {**raster_backward_default(problem), **config}
+    args = _launch_args(prep, problem, raster_default(problem), backward)
     color, T = rasterize(*args)
     g = torch.Generator().manual_seed(1)
     grad_color = torch.rand(color.shape, generator=g).to(color.device)
     grad_T = torch.rand(T.shape, generator=g).to(T.device)
-    return lambda: rasterize_backward(grad_color, grad_T, color, T, *args[:5], *args[5:9], warps,
-                                      *args[11:])  # fmt: skip
+    # rasterize_backward(grad_color, grad_T, color, T, 5 tensors, height, width, tile, chunk,
+    # num_warps, binning, pairs_per_triangle, deterministic)
+    return lambda: rasterize_backward(grad_color, grad_T, color, T, *args[:8], *args[10:])
 
 
 def _outputs_close(actual, expected) -> bool:
