@@ -1,13 +1,15 @@
 """The ``tritri`` command: ``tritri fit``, ``tritri tune``, ``tritri plot``, ``tritri check``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their subcommand is registered.
+``run(args) -> int``. Only the module of the subcommand being run is imported (``tritri fit``
+does not pay for the tuner's or the plotter's imports); ``tritri --help`` imports none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -24,24 +26,43 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _available(module_name: str) -> bool:
+    """Whether a subcommand's module exists in this build (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first non-option word), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``tritri`` parser. With ``argv``, only the subcommand it names gets its module imported
+    and its options registered; without, every available subcommand does (for tests and docs)."""
     parser = argparse.ArgumentParser(prog="tritri", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _chosen(argv) if argv is not None else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
+        if not _available(module_name):
             continue  # subcommand not available in this build
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if argv is not None and name != chosen:
+            continue  # listed in the help, options registered only when it runs
+        module = importlib.import_module(module_name)
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

@@ -24,6 +24,7 @@ Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -33,10 +34,10 @@ from typing import Any, NoReturn
 
 __all__ = ["DEFAULTS", "add_arguments", "main", "run"]
 
-#: Default settings (measured: see perf/fit_quality.py and docs).
+#: Default settings (measured: see perf/fit_vs_geometrize.py, perf/fit_quality.py and the README).
 DEFAULTS: dict[str, Any] = {
-    "triangles": 1024,
-    "steps": 300,
+    "triangles": 256,
+    "steps": None,  # by triangle count: default_steps()
     "size": 256,
     "lr": 0.2,
     "lr_verts": 2.0,
@@ -46,6 +47,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _PROG = "tritri fit"
+
+#: A fresh fit starts with this many times the triangles it keeps and prunes down (see
+#: :func:`tritri.fitting.fit_triangles`).
+OVERCOMPLETE = 2.0
+
+
+def default_steps(n_triangles: int) -> int:
+    """Steps of a default fit: fewer for more triangles, whose steps cost more (each triangle
+    needs fewer steps too) -- sized so the whole run stays within geometrize's time at N >= 256
+    on a 2-core CPU (README, performance)."""
+    return int(min(300, max(100, round(150 * math.sqrt(256 / max(n_triangles, 1))))))
 
 
 class _UsageError(Exception):
@@ -75,8 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"number of triangles (default: {d['triangles']}, or the count in an --init JSON)",
     )  # fmt: skip
     parser.add_argument(
-        "--steps", type=int, default=d["steps"], help="optimizer steps (default: %(default)s)"
-    )
+        "--steps", type=int, default=None,
+        help="optimizer steps (default: by triangle count, 150 at 256 triangles, "
+        "300 at 64, 100 at 1024 and more)",
+    )  # fmt: skip
     parser.add_argument(
         "--size",
         type=int,
@@ -131,8 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1..."
     )
     parser.add_argument(
-        "--backend", default="auto", choices=("auto", "torch", "triton"),
-        help="tritri.render backend (auto: Triton on CUDA, tiled PyTorch on the CPU)",
+        "--backend", default="auto", choices=("auto", "numba", "torch", "triton"),
+        help="tritri.render backend (auto: Triton on CUDA, the compiled numba rasterizer on the "
+        "CPU)",
     )  # fmt: skip
     parser.add_argument("--out", default=d["out"], help="output directory (default: %(default)s)")
     parser.add_argument(
@@ -169,7 +184,7 @@ def _device(spec: str):
 def _check(args: argparse.Namespace) -> None:
     if args.triangles is not None and args.triangles < 2:
         raise _UsageError(f"--triangles must be >= 2, got {args.triangles}")
-    if args.steps < 0:
+    if args.steps is not None and args.steps < 0:
         raise _UsageError(f"--steps must be >= 0, got {args.steps}")
     if args.size < 8:
         raise _UsageError(f"--size must be >= 8 pixels, got {args.size}")
@@ -218,29 +233,58 @@ def _resolve_losses(args: argparse.Namespace, device) -> tuple[tuple[str, ...], 
     return names, weights, None
 
 
+def _read_config(path: str) -> dict:
+    """The balancer config in the YAML file ``path``; a one-line _UsageError naming it if it is
+    not YAML or not a mapping."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise _UsageError(f"--config: cannot read {path!r} as YAML text ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise _UsageError(f"--config: {path!r} is not valid YAML ({problem}{where})") from None
+    if not isinstance(data, dict):
+        raise _UsageError(
+            f"--config: {path!r} must hold a mapping such as 'loss: {{type: geometric_mean}}', "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
 def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
     from tritri.losses import build_balancer
 
+    config_data = _read_config(args.config) if args.config is not None else None
     try:
-        if args.config is not None:
-            return build_balancer(args.config, names=list(names))
+        if config_data is not None:
+            return build_balancer(config_data, names=list(names))
         config: dict[str, Any] = {"type": args.balancer}
         if args.balancer == "weighted_sum":
             config["weights"] = dict.fromkeys(names, 1.0)
         return build_balancer(config, names=list(names))
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        flag = "--config" if args.config is not None else "--balancer"
-        raise _UsageError(f"{flag}: {err}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, FileNotFoundError) as err:
+        if args.config is not None:
+            raise _UsageError(f"--config: {args.config}: {err}") from None
+        raise _UsageError(f"--balancer: {err}") from None
 
 
 def _initial_params(args: argparse.Namespace, target):
     from tritri.fitting.params import init_delaunay, init_random, load_triangles_json
 
     n = args.triangles if args.triangles is not None else DEFAULTS["triangles"]
-    if args.init == "delaunay":
-        return init_delaunay(target, n, seed=args.seed), "Delaunay mosaic"
-    if args.init == "random":
-        return init_random(target, n, seed=args.seed), "random triangles"
+    if args.init in ("delaunay", "random"):
+        if args.steps is None:
+            args.steps = default_steps(n)
+        # A fresh start is over-complete (pruned to n during the fit) unless the run is short.
+        m = max(n, round(OVERCOMPLETE * n)) if args.steps >= 20 else n
+        if args.init == "delaunay":
+            return init_delaunay(target, m, seed=args.seed), "Delaunay mosaic", n
+        return init_random(target, m, seed=args.seed), "random triangles", n
     path = Path(args.init)
     if not path.is_file():
         raise _UsageError(
@@ -249,28 +293,23 @@ def _initial_params(args: argparse.Namespace, target):
     try:
         params, _ = load_triangles_json(path)
     except ValueError as err:
-        raise _UsageError(f"--init: {err}") from None
+        raise _UsageError(f"--init: {str(err).splitlines()[0]}") from None
     if args.triangles is not None and args.triangles != params.n_triangles:
         raise _UsageError(
             f"--triangles {args.triangles} does not match the {params.n_triangles} triangles in "
             f"{path}; leave --triangles out to continue that fit"
         )
-    return params, str(path)
+    if args.steps is None:
+        args.steps = default_steps(params.n_triangles)
+    return params, str(path), params.n_triangles
 
 
 def _plot(metrics: Path, out: Path) -> Path | None:
-    try:
-        from tritri.losses.plot import plot_run, read_jsonl
-    except ModuleNotFoundError:  # pragma: no cover - tritri.losses.plot is part of tritri
-        return None
+    from tritri.fitting.plot import save_loss_plot
+    from tritri.losses.plot import read_jsonl
+
     records = read_jsonl(metrics) if metrics.is_file() else []
-    if not records:
-        return None
-    try:
-        return plot_run(records, out, title="tritri fit")
-    except ModuleNotFoundError:
-        _note("matplotlib is not installed, so no loss.png (pip install 'tritri[plot]')")
-        return None
+    return save_loss_plot(records, out, title="tritri fit") if records else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{W}x{H} (raise --size)"
         )
     balancer = _build_balancer(args, names)
-    params, start = _initial_params(args, target)
+    params, start, n_keep = _initial_params(args, target)
     # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
     continuing = args.init not in ("delaunay", "random")
 
@@ -348,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
     start_psnr = psnr(start_image, target)
     image_name = args.image if args.image is not None else "the sample image"
     _note(
-        f"fitting {image_name} ({W}x{H}) with {params.n_triangles} triangles, {args.steps} steps, "
+        f"fitting {image_name} ({W}x{H}) with {n_keep} triangles, {args.steps} steps, "
         f"losses {','.join(names)}, {type(balancer).__name__}, on {device}; start: {start} "
         f"({start_psnr:.2f} dB)"
     )
@@ -363,17 +402,26 @@ def _run(args: argparse.Namespace) -> int:
         tqdm.write(f"{_PROG}: warning: step {event['step']}: {event['message']}", file=sys.stderr)
 
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # torch's small ops on one thread (its OpenMP barriers stall when the machine is busy);
+        # the numba rasterizer keeps all of them.
+        from tritri.numba_backend import set_num_threads
+
+        set_num_threads(threads)
+        torch.set_num_threads(1)
     try:
         result = fit_triangles(
             params, target, steps=args.steps, criterion=criterion, target_encoded=encoded,
             balancer=balancer, monitor=monitor, lr=args.lr, lr_verts_px=args.lr_verts,
             sigma=args.sigma, backend=args.backend, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=0.1 if continuing else 0.0,
+            warmup=0.1 if continuing else 0.0, keep=n_keep,
         )  # fmt: skip
     finally:
         bar.close()
         monitor.close()
+        torch.set_num_threads(threads)
     if result.interrupted:
         _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
 
@@ -392,6 +440,7 @@ def _run(args: argparse.Namespace) -> int:
             width=W,
             height=H,
             title=f"tritri fit: {params.n_triangles} triangles, PSNR {result.psnr:.2f} dB",
+            sigma=args.sigma,
         )  # fmt: skip
     )
     files.append(

@@ -93,10 +93,124 @@ def _lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> floa
     return factor * min(1.0, (step + 1) / ramp)
 
 
+class _Adam:
+    """Adam (Kingma & Ba), the same update as ``torch.optim.Adam`` with its defaults otherwise.
+
+    Hand-rolled because building any ``torch.optim`` optimizer imports ``torch._dynamo`` (about 2 s
+    on a 2-core CPU, more than a whole small fit). Per-parameter state lives in
+    ``state[param] = {"exp_avg", "exp_avg_sq", "step"}`` like torch's, so rows can be permuted or
+    reset (:func:`_reseed`, pruning). ``param_groups`` are dicts with ``params`` and ``lr``.
+    """
+
+    def __init__(
+        self, groups: list[dict[str, Any]], betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-8,
+    ) -> None:  # fmt: skip
+        self.param_groups = groups
+        self.betas, self.eps = betas, eps
+        self.state: dict[Tensor, dict[str, Any]] = {}
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.get(p)
+                if state is None:
+                    state = self.state[p] = {
+                        "step": 0,
+                        "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1.0 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+                denom = (v.sqrt() / math.sqrt(1.0 - beta2**t)).add_(self.eps)
+                p.addcdiv_(m, denom, value=-group["lr"] / (1.0 - beta1**t))
+
+
+def _reset_rows(optimizer: Any, param: Tensor, rows: Tensor) -> None:
+    state = optimizer.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key][rows] = 0
+
+
+def _permute_rows(optimizer: Any, param: Tensor, perm: Tensor, fresh: Tensor) -> None:
+    state = optimizer.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key].copy_(state[key][perm])
+            state[key][fresh] = 0
+
+
+@torch.no_grad()
+def _respawn(
+    params: TriangleParams,
+    optimizer: Any,
+    idx: Tensor,
+    image: Tensor,
+    target: Tensor,
+    generator: torch.Generator,
+    n_live: int,
+) -> Tensor:
+    """Move the triangles ``idx`` on top of the draw order, to where the error is largest.
+
+    Each goes to a pixel drawn in proportion to the (5 x 5 box-blurred) squared error, as a
+    triangle of radius ``0.5 / sqrt(n_live)`` (normalized) in the blurred target's color, opacity
+    0.5, with fresh Adam state; the others keep their order and state. Returns the permutation
+    applied (new position -> old index), for callers that keep per-triangle data.
+    """
+    verts = params.verts
+    N = params.n_triangles
+    device = verts.device
+    _, H, W = target.shape
+    k = idx.numel()
+    perm = torch.arange(N, device=device)
+    if k == 0:
+        return perm
+    err = (image - target).square().sum(0, keepdim=True)[None]
+    err = F.avg_pool2d(err, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+    flat = err.flatten().clamp(min=0).cpu().double() + 1e-12
+    pick = torch.multinomial(flat, k, replacement=False, generator=generator).to(device)
+    cy, cx = pick // W, pick % W
+    center = torch.stack([(cx + 0.5) / W, (cy + 0.5) / H], dim=-1).to(verts.dtype)
+    radius = 0.5 * math.sqrt(1.0 / max(1, n_live))
+    angle = torch.rand(k, 1, generator=generator).to(device) * 2 * math.pi
+    angle = angle + torch.tensor([0.0, 2.0, 4.0], device=device) * math.pi / 3
+    new_verts = center[:, None] + radius * torch.stack([angle.cos(), angle.sin()], dim=-1)
+    blurred = F.avg_pool2d(target[None], 5, stride=1, padding=2, count_include_pad=False)[0]
+    new_colors = blurred[:, cy, cx].T.clamp(1e-3, 1 - 1e-3)
+    keep = torch.ones(N, dtype=torch.bool, device=device)
+    keep[idx] = False
+    perm = torch.cat([keep.nonzero().flatten(), idx])  # respawned ones on top
+    fresh = torch.zeros(N, dtype=torch.bool, device=device)
+    fresh[N - k :] = True
+    updates = {
+        params.verts: new_verts,
+        params.color_logits: torch.log(new_colors) - torch.log1p(-new_colors),
+        params.opacity_logits: torch.zeros(k, device=device),
+    }
+    for p, new in updates.items():
+        p.data.copy_(p.data[perm])
+        p.data[N - k :] = new.to(p.dtype)
+        _permute_rows(optimizer, p, perm, fresh)
+    return perm
+
+
 @torch.no_grad()
 def _reseed(
     params: TriangleParams,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     image: Tensor,
     target: Tensor,
     generator: torch.Generator,
@@ -104,8 +218,10 @@ def _reseed(
 ) -> int:
     """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
 
-    Respawned triangles go on top of the draw order (their Adam state is reset); the others keep
-    their order and state. Returns how many were respawned.
+    The fallback of :func:`fit_triangles` where the per-triangle statistics of
+    :func:`tritri.numba_backend.triangle_stats` cannot be had (no numba). Respawned triangles go
+    on top of the draw order (their Adam state is reset); the others keep their order and state.
+    Returns how many were respawned.
     """
     verts, _, opacity, _ = params()
     N = params.n_triangles
@@ -116,43 +232,30 @@ def _reseed(
     lo, hi = verts.amin(dim=1), verts.amax(dim=1)
     offscreen = (hi < 0).any(dim=1) | (lo > 1).any(dim=1)
     dead = (opacity < 0.02) | (area < 0.5) | offscreen
-    idx = dead.nonzero().flatten()
-    limit = max(1, int(max_fraction * N))
-    if idx.numel() == 0:
-        return 0
-    idx = idx[:limit]
-    k = idx.numel()
-    # Where: sampled in proportion to the (blurred) per-pixel error.
-    err = (image - target).abs().sum(0, keepdim=True)[None]
-    err = F.avg_pool2d(err, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
-    flat = err.flatten().clamp(min=0) + 1e-12
-    pick = torch.multinomial(flat.cpu(), k, replacement=False, generator=generator).to(err.device)
-    cy, cx = pick // W, pick % W
-    center = torch.stack([(cx + 0.5) / W, (cy + 0.5) / H], dim=-1).to(verts.dtype)
-    radius = 0.5 * math.sqrt(1.0 / N)
-    angle = torch.rand(k, 1, generator=generator).to(verts.device) * 2 * math.pi
-    angle = angle + torch.tensor([0.0, 2.0, 4.0], device=verts.device) * math.pi / 3
-    new_verts = center[:, None] + radius * torch.stack([angle.cos(), angle.sin()], dim=-1)
-    new_colors = target[:, cy, cx].T.clamp(1e-3, 1 - 1e-3)
-    keep = torch.ones(N, dtype=torch.bool, device=verts.device)
-    keep[idx] = False
-    perm = torch.cat([keep.nonzero().flatten(), idx])  # respawned ones on top
-    fresh = torch.zeros(N, dtype=torch.bool, device=verts.device)
-    fresh[N - k :] = True
-    updates = {
-        params.verts: new_verts,
-        params.color_logits: torch.log(new_colors) - torch.log1p(-new_colors),
-        params.opacity_logits: torch.zeros(k, device=verts.device),
-    }
-    for p, new in updates.items():
-        p.data.copy_(p.data[perm])
-        p.data[N - k :] = new.to(p.dtype)
-        state = optimizer.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key].copy_(state[key][perm])
-                state[key][fresh] = 0
-    return k
+    idx = dead.nonzero().flatten()[: max(1, int(max_fraction * N))]
+    _respawn(params, optimizer, idx, image, target, generator, N)
+    return int(idx.numel())
+
+
+@torch.no_grad()
+def _triangle_costs(params: TriangleParams, target: Tensor, sigma: float) -> Tensor | None:
+    """Per triangle, how much the squared error would grow without it (CPU, numba); None when
+    numba is not available. Works for a fit on any device (the triangles are small to move)."""
+    from tritri.numba_backend import numba_available, triangle_stats
+
+    if not numba_available():
+        return None
+    from tritri.geometry import prepare_triangles
+
+    _, H, W = target.shape
+    verts, colors, opacity, background = (t.detach().float().cpu() for t in params())
+    prep = prepare_triangles(verts[None], colors[None], opacity[None], H, W, sigma)
+    cost, _ = triangle_stats(prep, H, W, background[None], target.detach().float().cpu()[None])
+    return cost[0].to(params.verts.device)
+
+
+#: Opacity logit of a pruned slot: opacity ~1e-13, below 1/255, so the renderers cull it.
+_DEAD_LOGIT = -30.0
 
 
 def fit_triangles(
@@ -171,8 +274,11 @@ def fit_triangles(
     sigma: float = 0.5,
     backend: str = "auto",
     log_every: int = 1,
-    reseed_every: int = 25,
-    reseed_until: float = 0.7,
+    keep: int | None = None,
+    prune_from: float = 0.05,
+    prune_until: float = 0.4,
+    reseed_every: int = 10,
+    reseed_until: float = 0.8,
     reseed_fraction: float = 0.02,
     seed: int = 0,
     keep_best: bool = True,
@@ -182,8 +288,26 @@ def fit_triangles(
 ) -> FitResult:
     """Optimize ``params`` so that their render matches ``target``.
 
+    The optimizer is Adam on the vertices and the color / opacity / background logits, with a
+    cosine learning-rate decay, plus two moves that put triangles where the error is (measured:
+    see the README's performance section):
+
+    - **pruning** (``keep`` < ``params.n_triangles``): the fit starts with more triangles than it
+      keeps -- an over-complete start converges faster and lands in better minima -- and between
+      ``prune_from`` and ``prune_until`` of the run, every ``reseed_every`` steps, removes the
+      triangles whose removal costs the least squared error, down to ``keep``;
+    - **relocation**: every ``reseed_every`` steps up to ``reseed_until`` of the run, the
+      ``reseed_fraction`` of triangles that are worth least (transparent, tiny, off-screen, hidden
+      under others, or just contributing little) move on top, to where the error is largest.
+
+    "Worth" is the exact growth of the squared error if the triangle were removed
+    (:func:`tritri.numba_backend.triangle_stats`, on the CPU whatever the fit's device); without
+    numba, relocation falls back to dead triangles only (transparent, degenerate, off-screen) and
+    pruning to the least opaque.
+
     Args:
-        params: the triangles (moved to ``target``'s device by the caller); modified in place.
+        params: the triangles (moved to ``target``'s device by the caller); modified in place --
+            with ``keep``, compacted to the ``keep`` triangles that survive, in draw order.
         target: ``(3, H, W)`` image in [0, 1].
         steps: Adam steps.
         criterion: called as ``criterion(pred (1, 3, H, W), target_encoded or target (1, 3, H, W))``
@@ -204,12 +328,15 @@ def fit_triangles(
         sigma: edge softness of the render, in pixels.
         backend: :func:`tritri.render` backend.
         log_every: logging period in steps (the last step is always logged).
-        reseed_every: every this many steps (0 = never), up to ``reseed_until`` of the run, dead
-            triangles (transparent, degenerate, off-screen; at most ``reseed_fraction`` of N at a
-            time) are moved on top, where the error is largest.
-        seed: seed of the reseeding draws.
+        keep: number of triangles to end with (default: all of them, no pruning).
+        prune_from, prune_until: the pruning phase, as fractions of ``steps``.
+        reseed_every: period, in steps, of pruning and relocation (0 = neither).
+        reseed_until: relocation stops at this fraction of the run.
+        reseed_fraction: share of ``keep`` relocated each time.
+        seed: seed of the relocation draws.
         keep_best: end with the parameters of the step whose render had the best PSNR (the last
-            ones if they are not worse), so a fit never ends below its start. Off: the last.
+            ones if they are not worse; only steps after the pruning count), so a fit never ends
+            below its start. Off: the last.
         progress: a tqdm bar (or None) to update with step, losses and PSNR.
         on_warning: called with each new monitor warning event as it happens.
         on_log: called with each logged record.
@@ -221,7 +348,12 @@ def fit_triangles(
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    M = params.n_triangles
+    keep = M if keep is None else int(keep)
+    if not 1 <= keep <= M:
+        raise ValueError(f"keep must be in [1, {M}] (the triangles given), got {keep}")
     target = target.detach().float()
+    device = target.device
     _, H, W = target.shape
     target_b = target[None]
     criterion = criterion if criterion is not None else _L1Only()
@@ -241,8 +373,18 @@ def fit_triangles(
         groups.append({"params": extra, "lr": lr, "name": "balancer"})
     for g in groups:
         g["initial_lr"] = g["lr"]
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99))
+    optimizer = _Adam(groups)
     generator = torch.Generator().manual_seed(seed)
+    live = torch.ones(M, dtype=torch.bool, device=device)
+    events = [
+        s
+        for s in range(steps)
+        if reseed_every and s % reseed_every == reseed_every - 1 and s < reseed_until * steps
+    ]
+    prune_events = [s for s in events if prune_from * steps <= s < prune_until * steps]
+    if keep < M and not prune_events:  # too short a run for the schedule: prune at once
+        prune_events = [0] if steps else []
+        events = sorted(set(events) | {0}) if steps else events
 
     def render() -> Tensor:
         verts, colors, opacity, background = params()
@@ -250,6 +392,30 @@ def fit_triangles(
             verts[None], colors[None], opacity[None], height=H, width=W, sigma=sigma,
             background=background, backend=backend,
         )  # fmt: skip
+
+    def move(step: int, image: Tensor) -> None:
+        nonlocal live
+        n_live = int(live.sum())
+        cost = _triangle_costs(params, target, sigma)
+        if step in prune_events:
+            i = prune_events.index(step)
+            goal = round(M + (keep - M) * (i + 1) / len(prune_events))
+            if n_live > goal:
+                score = cost if cost is not None else params.opacity_logits.detach().clone()
+                score = torch.where(live, score, torch.inf)
+                idx = torch.argsort(score, stable=True)[: n_live - goal]
+                live[idx] = False
+                params.opacity_logits.data[idx] = _DEAD_LOGIT
+                for p in (params.verts, params.color_logits, params.opacity_logits):
+                    _reset_rows(optimizer, p, idx)
+        elif n_live == keep and reseed_fraction > 0:
+            if cost is None:
+                _reseed(params, optimizer, image, target, generator, reseed_fraction)
+                return
+            k = max(1, int(reseed_fraction * keep))
+            idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
+            perm = _respawn(params, optimizer, idx, image, target, generator, keep)
+            live = live[perm]
 
     history: list[dict[str, Any]] = []
     n_events = 0
@@ -265,20 +431,20 @@ def fit_triangles(
             image = render()
             losses = criterion(image, tgt)
             total = balancer(losses, step=step, epoch=step, shared=image)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             total.backward()
             quality = psnr(image[0], target)  # of the parameters before this step's update
-            if keep_best and quality > best_psnr:
+            done_pruning = int(live.sum()) == keep
+            if keep_best and done_pruning and quality > best_psnr:
                 best_psnr, best_step = quality, step
                 best_state = {k: v.detach().clone() for k, v in params.state_dict().items()}
+                best_state["live"] = live.clone()
             optimizer.step()
+            if not bool(live.all()):
+                params.opacity_logits.data[~live] = _DEAD_LOGIT
             last = step == steps - 1
-            if (
-                reseed_every
-                and step % reseed_every == reseed_every - 1
-                and (step < reseed_until * steps)
-            ):
-                _reseed(params, optimizer, image.detach()[0], target, generator, reseed_fraction)
+            if step in events:
+                move(step, image.detach()[0])
             if log_every and (step % log_every == 0 or last):
                 stats = dict(getattr(balancer, "stats", {}) or {})
                 if "total" not in stats:
@@ -287,11 +453,11 @@ def fit_triangles(
                     stats.setdefault(f"loss/{name}", float(value.detach().mean()))
                 if monitor is not None:
                     record = monitor.log(stats, step, image=image.detach(), psnr=quality)
-                    events = getattr(monitor, "events", [])
-                    for event in events[n_events:]:
+                    events_seen = getattr(monitor, "events", [])
+                    for event in events_seen[n_events:]:
                         if on_warning is not None:
                             on_warning(event)
-                    n_events = len(events)
+                    n_events = len(events_seen)
                 else:
                     record = {"step": step, **stats, "psnr": quality}
                 history.append(record)
@@ -312,14 +478,24 @@ def fit_triangles(
         interrupted = True
     seconds = time.perf_counter() - start
     with torch.no_grad():
+        if int(live.sum()) > keep:  # interrupted while pruning: keep the most opaque
+            score = torch.where(live, params.opacity_logits.detach(), -torch.inf)
+            live = torch.zeros_like(live)
+            live[torch.argsort(score, descending=True, stable=True)[:keep]] = True
+            params.opacity_logits.data[~live] = _DEAD_LOGIT
         final = render()[0].clamp(0, 1)
         final_psnr = psnr(final, target)
         if best_state is not None and best_psnr > final_psnr:
+            live = best_state.pop("live")
             params.load_state_dict(best_state)
             final = render()[0].clamp(0, 1)
             final_psnr = psnr(final, target)
         else:
             best_step = step
+        if keep < M:
+            rows = live.nonzero().flatten()
+            for p in (params.verts, params.color_logits, params.opacity_logits):
+                p.data = p.data[rows].contiguous()
     return FitResult(
         image=final,
         psnr=final_psnr,
