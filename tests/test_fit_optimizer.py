@@ -1,0 +1,143 @@
+"""The fit's optimizer (pruning, relocation, hand-rolled Adam), its start-up cost and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tritri.cli import main
+from tritri.fit import default_steps
+from tritri.fitting import fit_triangles, init_delaunay, load_image
+from tritri.fitting.loop import _Adam
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def test_adam_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = _Adam([{"params": [a], "lr": 0.05}])
+    ref = torch.optim.Adam([b], lr=0.05, betas=(0.9, 0.99), foreach=False)
+    for _ in range(6):
+        grad = torch.randn(5, 3, generator=g)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_pruning_keeps_the_asked_count_and_fits_well():
+    target = load_image(None, 40)
+    params = init_delaunay(target, 32)
+    result = fit_triangles(params, target, steps=40, keep=16, backend="numba", log_every=0)
+    assert params.n_triangles == 16 and params.color_logits.shape == (16, 3)
+    assert params.opacity_logits.shape == (16,)
+    # better than a plain fit of 16 triangles from their own mosaic
+    plain = init_delaunay(target, 16)
+    baseline = fit_triangles(plain, target, steps=40, reseed_every=0, backend="numba", log_every=0)
+    assert result.psnr > baseline.psnr
+    with pytest.raises(ValueError, match="keep"):
+        fit_triangles(init_delaunay(target, 8), target, steps=1, keep=9)
+
+
+def test_short_runs_prune_at_once():
+    target = load_image(None, 24)
+    params = init_delaunay(target, 12)
+    fit_triangles(params, target, steps=3, keep=6, backend="numba", log_every=0)
+    assert params.n_triangles == 6
+
+
+def test_default_steps_fall_with_the_triangle_count():
+    assert default_steps(64) == 300
+    assert default_steps(256) == 150
+    assert default_steps(1024) == 100
+    assert default_steps(16) == 300
+
+
+def test_fit_imports_nothing_it_does_not_use(tmp_path):
+    """No torch._dynamo (torch.optim), no matplotlib, no other subcommand's module."""
+    code = (
+        "import sys\n"
+        "from tritri.cli import main\n"
+        f"rc = main(['fit', '--size', '16', '-n', '4', '--steps', '2', '-q', '--out', "
+        f"{str(tmp_path / 'run')!r}])\n"
+        "heavy = [m for m in ('torch._dynamo', 'matplotlib', 'tritri.tuning.tune', 'triton',"
+        " 'torchvision') if m in sys.modules]\n"
+        "assert rc == 0 and not heavy, heavy\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TORCH_HOME"] = str(tmp_path / "torch_home")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _fit_error(tmp_path, capsys, *args: str) -> str:
+    argv = ["fit", "--size", "16", "-n", "4", "--steps", "1", "-q", "--backend", "torch"]
+    assert main([*argv, "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tritri fit: error:")
+    return err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("loss: {type: geometric_mean\n  bad: [", "is not valid YAML"),
+        ("- 1\n- 2\n", "must hold a mapping"),
+        (b"\x89PNG\x00\xff\xfe", "cannot read"),
+        ("just words", "must hold a mapping"),
+        ("loss: 3\n", "bad.yaml"),
+    ],
+    ids=["not-yaml", "list", "binary", "scalar", "wrong-shape"],
+)
+def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    err = _fit_error(tmp_path, capsys, "--config", str(path))
+    assert message in err and "--config" in err and "bad.yaml" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"format": "tritri-triangles", "version": 1, "verts": [[[0, 0', "is not JSON"),
+        (b"\x00\x9f\x92\x96 not text", "cannot read"),
+        ('{"format": "tritri-triangles", "version": 1, "verts": "x", "colors": 1, '
+         '"opacity": [], "background": [0, 0, 0]}', "malformed triangles"),
+        ("[1, 2, 3]", "not a tritri triangles.json"),
+    ],
+    ids=["truncated", "binary", "wrong-fields", "not-an-object"],
+)  # fmt: skip
+def test_corrupt_init_json_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    argv = ["fit", "--size", "16", "--steps", "1", "-q", "--backend", "torch"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--init", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tritri fit: error: --init:") and message in err
+    assert "bad.json" in err
+
+
+def test_saved_json_round_trips_after_pruning(tmp_path):
+    out = tmp_path / "run"
+    argv = ["fit", "--size", "24", "-n", "6", "--steps", "25", "-q", "--out", str(out)]
+    assert main(argv) == 0
+    data = json.loads((out / "triangles.json").read_text())
+    assert data["n_triangles"] == 6 and len(data["verts"]) == 6
