@@ -1,14 +1,17 @@
 """``tritri fit [IMAGE]``: fit an image with N colored, semi-transparent triangles.
 
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
-domain). The defaults (1024 triangles, 300 steps, longest side 256 px, a Delaunay-mosaic start)
-run offline on a CPU in well under two minutes. Outputs, in ``--out``:
+domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 150 at
+256), longest side 256 px, a Delaunay-mosaic start with twice the triangles, pruned to N during
+the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): more PSNR at equal N in
+about its wall time on a 2-core CPU; 1024 triangles x 300 steps, the old default, took ~40 s.
+Outputs, in ``--out``:
 
 - ``final.png`` the fit; ``comparison.png`` target | fit side by side;
-- ``triangles.svg`` the fit as vector polygons (fill opacity, draw order);
+- ``triangles.svg`` the fit as vector polygons with the render's soft edges (draw order);
 - ``triangles.json`` the parameters (continue with ``--init triangles.json``);
 - ``metrics.jsonl`` one record per logged step (``step``, ``total``, ``loss/<name>``, ``psnr``,
-  the balancer's weights, the monitor's warnings); ``loss.png`` the curves (needs matplotlib).
+  the balancer's weights, the monitor's warnings); ``loss.png`` the curves (Pillow).
 
 Losses: ``--losses auto`` (default) is the pixel pair ``l1,mse``; on a GPU with the pretrained
 VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptual,lpips``. Naming
