@@ -31,9 +31,6 @@ from tritri.kernels.raster_common import (
     ALPHA_MAX,
     REC_BARY,
     REC_OPACITY,
-    WALK_LIST,
-    WALK_OVERFLOW,
-    WALK_SCAN,
     all_stopped,
     channel_dot,
     check_raster_config,
@@ -52,6 +49,7 @@ from tritri.kernels.raster_common import (
     tile_work,
     unpack_gradients,
     vertex_color,
+    walk_launches,
 )
 
 
@@ -158,27 +156,26 @@ def _backward_item(
 
 @triton.jit
 def raster_backward_kernel(
-    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, overflow_ptr, slot_ptr,
+    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, scan_ptr, slot_ptr,
     color_ptr, T_ptr, grad_color_ptr, grad_T_ptr, grad_ptr,
     N, H, W, n_tiles_x, n_tiles,
     C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr, STRIDE: tl.constexpr,
     K: tl.constexpr, KB: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr,
-    WALK: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    LIST: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):  # fmt: skip
-    """rec, cull as the forward; color/T its outputs and grad_color/grad_T their gradients;
-    STRIDE: the records' row stride: 2 * REC with atomics, each record followed by its triangle's
-    gradient row (one pointer serves both); REC when deterministic, with ``grad`` the (pairs, K)
-    per-pair partial rows
-    (deterministic, indexed by slot); KB = K rounded up to a power of two >= 32. Launch with
-    num_warps=WARPS."""
+    """rec, cull, lists and scan flags as the forward; color/T its outputs and grad_color/grad_T
+    their gradients. STRIDE is the records' row stride: 2 * REC with atomics, each record followed
+    by its triangle's gradient row (one pointer serves both); REC when deterministic, with
+    ``grad`` the (pairs, K) per-pair partial rows indexed by slot. KB = K rounded up to a power of
+    two >= 32. Launch with num_warps=WARPS."""
     PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
     tile = pid % n_tiles
     px0, py, dx, xmin, xmax, ymin, ymax = tile_geometry(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
     pix, pmask = tile_pixels(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
-    list_end, n_items, active = tile_work(pid, b, N, overflow_ptr, tile_start_ptr, tile_end_ptr,
-                                          WALK)  # fmt: skip
+    list_end, n_items, active = tile_work(pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr,
+                                          LIST)  # fmt: skip
 
     g_T = tl.load(grad_T_ptr + b * H * W + pix, mask=pmask, other=0.0)
     T_final = tl.load(T_ptr + b * H * W + pix, mask=pmask, other=1.0)
@@ -192,13 +189,12 @@ def raster_backward_kernel(
         g_color = g_color + (g_c,)
 
     T, thr = start_state(pmask)
-    SCAN: tl.constexpr = WALK != WALK_LIST
     # per-image bases: the walk's indices stay 32-bit, the offsets from them are int64
     rec_img = rec_ptr + b * N * STRIDE
     it = n_items * 0
     go = n_items > 0
     while go:
-        if SCAN:
+        if not LIST:
             hits = scan_block_hits(N, it, rec_img, cull_ptr + b * N * 5, STRIDE, xmin, xmax, ymin,
                                    ymax)  # fmt: skip
             while hits != 0:
@@ -285,27 +281,22 @@ def raster_backward(
     ntx, nty = tile_grid(height, width, tile)
     K, REC = record_width(per_vertex, C)
     rec = pack_triangles(edges, bary, colors, opacity)
-    dummy = edges.new_zeros(1, dtype=torch.int64)
     if deterministic:
         if bins is None:
             raise ValueError("deterministic backward needs sorted bins")
-        # exact bins never overflow: the list walk alone covers every image
         grad = torch.zeros(bins.tri.numel(), K, dtype=torch.float32, device=edges.device)
-        walks = (WALK_LIST,)
     else:
         rec = torch.cat([rec, torch.zeros_like(rec)], dim=-1)  # record | gradient row
-        grad = dummy
-        walks = (WALK_SCAN,) if bins is None else (WALK_LIST, WALK_OVERFLOW)
-    lists = (dummy,) * 5 if bins is None else (
-        bins.tri, bins.start, bins.end, bins.overflow, bins.slot
-    )  # fmt: skip
-    for walk in walks:
+        grad = rec
+    for list_walk, lists in walk_launches(bins, B, edges.device):
+        if deterministic and not list_walk:
+            continue  # exact bins never overflow: the list walk covers every image
         raster_backward_kernel[(B * ntx * nty,)](
             rec, cull, *lists, color, T, grad_color, grad_T, grad,
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=per_vertex, REC=REC, STRIDE=rec.shape[-1], K=K,
             KB=max(32, triton.next_power_of_2(K)),
-            TILE=tile, CHUNK=chunk, WARPS=num_warps, WALK=walk.value,
+            TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
             DETERMINISTIC=deterministic,
             num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
         )  # fmt: skip

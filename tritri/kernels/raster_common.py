@@ -40,11 +40,6 @@ STOPPED = tl.constexpr(2.0)
 REC_OPACITY = tl.constexpr(9)
 REC_BARY = tl.constexpr(10)
 
-# How a launch walks its tiles' triangles (tile_work): scan all, sorted lists, overflow fallback.
-WALK_SCAN = tl.constexpr(0)
-WALK_LIST = tl.constexpr(1)
-WALK_OVERFLOW = tl.constexpr(2)
-
 
 @triton.jit
 def tile_pixels(tile, n_tiles_x, H, W, TILE: tl.constexpr, PPT: tl.constexpr,
@@ -82,30 +77,26 @@ def tile_geometry(tile, n_tiles_x, H, W, TILE: tl.constexpr, PPT: tl.constexpr,
 
 
 @triton.jit
-def tile_work(pid, b, N, overflow_ptr, tile_start_ptr, tile_end_ptr, WALK: tl.constexpr):
+def tile_work(pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, LIST: tl.constexpr):
     """What the (image, tile) program ``pid`` walks: list end (int64), item count (int32) and
     whether it owns the image (writes its outputs).
 
-    ``WALK``: :data:`WALK_SCAN` scans all N triangles of every image; :data:`WALK_LIST` walks the
-    tile's sorted list ``[start, end)`` and leaves images whose lists overflowed to a second
-    launch with :data:`WALK_OVERFLOW`, which scans those images only.
+    ``scan_ptr`` flags, per image, that its triangles are scanned (all N, culled 32 at a time)
+    rather than walked from sorted lists. A ``LIST`` launch walks the tile's sorted list
+    ``[start, end)`` of every image not flagged; a scan launch scans the flagged images: every
+    image with ``binning="scan"``, and with sorted binning those whose lists overflowed their
+    capacity. One compiled scan kernel serves both.
     """
-    if WALK == WALK_SCAN:
+    flagged = tl.load(scan_ptr + b) != 0
+    if LIST:
+        list_end = tl.load(tile_end_ptr + pid)
+        n_items = (list_end - tl.load(tile_start_ptr + pid)).to(tl.int32)
+        active = flagged == 0
+    else:
         list_end = pid * 0
         n_items = N
-        active = N >= 0
-    else:
-        overflow = tl.load(overflow_ptr + b) != 0
-        if WALK == WALK_LIST:
-            list_end = tl.load(tile_end_ptr + pid)
-            n_items = (list_end - tl.load(tile_start_ptr + pid)).to(tl.int32)
-            active = overflow == 0
-        else:
-            list_end = pid * 0
-            n_items = N
-            active = overflow
-        n_items = tl.where(active, n_items, 0)
-    return list_end, n_items, active
+        active = flagged
+    return list_end, tl.where(active, n_items, 0), active
 
 
 @triton.jit
@@ -344,3 +335,20 @@ def unpack_gradients(g: Tensor, per_vertex: bool, colors_shape: torch.Size):
         g[..., first_color : first_color + n_colors].reshape(colors_shape).contiguous(),
         g[..., 9].contiguous(),
     )
+
+
+def walk_launches(bins, batch: int, device) -> list[tuple[bool, tuple[Tensor, ...]]]:
+    """The launches of a raster pass: (list walk?, (tri, start, end, scan flags, slot)).
+
+    Without bins one scan launch with every image flagged. With sorted bins a list launch, then a
+    scan launch of the images whose lists overflowed (``bins.overflow``). The scan launch gets
+    placeholder lists in both cases, so it is one compiled kernel.
+    """
+    dummy = torch.zeros(1, dtype=torch.int64, device=device)
+    if bins is None:
+        return [(False, (dummy, dummy, dummy, torch.ones(batch, dtype=torch.bool, device=device),
+                         dummy))]  # fmt: skip
+    return [
+        (True, (bins.tri, bins.start, bins.end, bins.overflow, bins.slot)),
+        (False, (dummy, dummy, dummy, bins.overflow, dummy)),
+    ]

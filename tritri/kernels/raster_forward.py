@@ -17,9 +17,6 @@ from torch import Tensor
 
 from tritri.kernels.raster_common import (
     REC_OPACITY,
-    WALK_LIST,
-    WALK_OVERFLOW,
-    WALK_SCAN,
     all_stopped,
     check_raster_config,
     clamped_barycentrics,
@@ -34,6 +31,7 @@ from tritri.kernels.raster_common import (
     tile_pixels,
     tile_work,
     vertex_color,
+    walk_launches,
 )
 
 
@@ -101,28 +99,29 @@ def _forward_walk(
 
 @triton.jit
 def raster_forward_kernel(
-    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, overflow_ptr,
+    rec_ptr, cull_ptr, tri_list_ptr, tile_start_ptr, tile_end_ptr, scan_ptr,
     out_color_ptr, out_T_ptr,
     N, H, W, n_tiles_x, n_tiles,
     C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr,
-    TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr, WALK: tl.constexpr,
+    TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr, LIST: tl.constexpr,
 ):  # fmt: skip
-    """rec (B, N, REC) triangle records (raster_common), cull (B, N, 5) fp32; out_color
-    (B, C, H, W) and out_T (B, H, W) fp32. Launch with num_warps=WARPS."""
+    """rec (B, N, REC) triangle records (raster_common), cull (B, N, 5) fp32; lists and the
+    per-image scan flags (B,) bool as in raster_common.tile_work; out_color (B, C, H, W) and
+    out_T (B, H, W) fp32. Launch with num_warps=WARPS."""
     PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
     tile = pid % n_tiles
     px0, py, dx, xmin, xmax, ymin, ymax = tile_geometry(tile, n_tiles_x, H, W, TILE, PPT, WARPS)
-    list_end, n_items, active = tile_work(pid, b, N, overflow_ptr, tile_start_ptr, tile_end_ptr,
-                                          WALK)  # fmt: skip
+    list_end, n_items, active = tile_work(pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr,
+                                          LIST)  # fmt: skip
     T, thr = start_state(tile_pixels(tile, n_tiles_x, H, W, TILE, PPT, WARPS)[1])
     acc = ()
     for _ in tl.static_range(C):
         acc = acc + (tl.zeros((PPT, WARPS, 32), tl.float32),)
     T, thr, acc = _forward_walk(
         rec_ptr, cull_ptr, tri_list_ptr, b, N, n_items, list_end, px0, py, dx,
-        xmin, xmax, ymin, ymax, T, thr, acc, C, PER_VERTEX, REC, CHUNK, WALK != WALK_LIST,
+        xmin, xmax, ymin, ymax, T, thr, acc, C, PER_VERTEX, REC, CHUNK, not LIST,
     )  # fmt: skip
 
     # the pixel indices are recomputed here rather than kept live through the walk
@@ -165,20 +164,13 @@ def raster_forward(
     ntx, nty = tile_grid(height, width, tile)
     out_color = torch.empty(B, C, height, width, dtype=torch.float32, device=edges.device)
     out_T = torch.empty(B, height, width, dtype=torch.float32, device=edges.device)
-    dummy = edges.new_zeros(1, dtype=torch.int64)
-    if bins is None:
-        walks, lists = (WALK_SCAN,), (dummy, dummy, dummy, dummy)
-    else:
-        # lists where they fit, then a scan of the images whose lists overflowed
-        walks = (WALK_LIST, WALK_OVERFLOW)
-        lists = (bins.tri, bins.start, bins.end, bins.overflow)
     rec = pack_triangles(edges, bary, colors, opacity)
-    for walk in walks:
+    for list_walk, lists in walk_launches(bins, B, edges.device):
         raster_forward_kernel[(B * ntx * nty,)](
-            rec, cull, *lists, out_color, out_T,
+            rec, cull, *lists[:4], out_color, out_T,
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=bary is not None, REC=rec.shape[-1],
-            TILE=tile, CHUNK=chunk, WARPS=num_warps, WALK=walk.value,
+            TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
             num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[bary is not None],
         )  # fmt: skip
     return out_color, out_T
