@@ -1,0 +1,206 @@
+"""``tritri check``: every kernel compiles for real GPUs (sm_80, sm_90) and the raster kernels
+meet their register / spill / instruction budgets at the default config.
+
+The compile runs once per module in a subprocess without the Triton interpreter (the kernels must
+import as compilable functions), into the user's Triton cache, as ``tritri check`` does: a second
+run of the suite (CI's TRITON_INTERPRET=0 step) finds the cubins there. It needs no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tritri import kernel_cost
+
+ARCHS = (80, 90)
+
+# Budgets at the default config (issue 10): flat colors; per-vertex colors within 1.5x.
+FORWARD = {"registers": 64, "instructions_per_pair": 40}
+BACKWARD = {"registers": 128, "instructions_per_pair": 120}
+PER_VERTEX = 1.5
+
+
+def _check_env(cache: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if cache is not None:
+        env["TRITON_CACHE_DIR"] = str(cache)
+    return env
+
+
+@pytest.fixture(scope="module")
+def check_rows(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("check")
+    out = tmp / "rows.json"
+    arch = ",".join(map(str, ARCHS))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritri", "check", "--arch", arch, "--json", str(out)],
+        env=_check_env(), capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    assert rows, "tritri check wrote no rows"
+    return rows
+
+
+def test_every_kernel_variant_compiles_for_each_arch(check_rows):
+    assert not [r for r in check_rows if "error" in r]
+    seen = {(r["arch"], r["kernel"]) for r in check_rows}
+    kernels = {"raster_forward_kernel", "raster_backward_kernel", "loss_level_fwd_kernel",
+               "loss_level_bwd_kernel", "log_sum_kernel"}  # fmt: skip
+    assert seen == {(a, k) for a in ARCHS for k in kernels}
+    raster = {(r["arch"], r["kernel"], r["variant"]) for r in check_rows if "raster" in r["kernel"]}
+    for arch in ARCHS:
+        for colors in ("flat", "per-vertex"):
+            for c in (1, 3, 4):
+                name = f"{colors} C={c}"
+                for walk in ("scan", "sorted", "sorted, overflow scan"):
+                    assert (arch, "raster_forward_kernel", f"{name} {walk}") in raster
+                    assert (arch, "raster_backward_kernel", f"{name} {walk}") in raster
+                assert (arch, "raster_backward_kernel", f"{name} sorted deterministic") in raster
+    required = {"arch", "kernel", "variant", "config", "default", "registers", "spill_bytes",
+                "shared_bytes", "occupancy", "loop_instructions", "pairs_per_trip",
+                "instructions_per_pair"}  # fmt: skip
+    assert all(required <= set(r) for r in check_rows)
+
+
+def test_no_default_config_spills(check_rows):
+    spills = [(r["arch"], r["kernel"], r["variant"], r["spill_bytes"]) for r in check_rows
+              if r["default"] and r["spill_bytes"]]  # fmt: skip
+    assert not spills
+
+
+def test_raster_kernels_meet_their_budgets(check_rows):
+    over = []
+    for r in check_rows:
+        if "raster" not in r["kernel"]:
+            continue
+        budget = FORWARD if "forward" in r["kernel"] else BACKWARD
+        scale = PER_VERTEX if r["variant"].startswith("per-vertex") else 1.0
+        if r["variant"].startswith("per-vertex C=4") and "backward" in r["kernel"]:
+            # C >= 4 runs the backward with twice the warps (half the pixels per thread) so its
+            # per-pixel state fits the register cap: more reduction work per pair
+            scale = 1.8
+        for key, limit in budget.items():
+            if r[key] > limit * scale:
+                over.append((r["arch"], r["kernel"], r["variant"], key, r[key], limit * scale))
+        assert r["loop_instructions"] and r["pairs_per_trip"] >= 1
+    assert not over
+
+
+def _res_usage(cubin: str) -> tuple[int, int]:
+    """Registers and stack + local bytes, read with cuobjdump independently of kernel_cost."""
+    text = subprocess.run([kernel_cost.tool_path("cuobjdump"), "-res-usage", cubin],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    fields = dict(re.findall(r"(\w+):(\d+)", text.split("Function", 1)[1]))
+    return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"])
+
+
+def test_rows_agree_with_cuobjdump(check_rows):
+    for r in check_rows:
+        assert Path(r["cubin"]).is_file()
+        assert _res_usage(r["cubin"]) == (r["registers"], r["spill_bytes"]), r["variant"]
+        arch = re.search(r"arch\s*=\s*sm_(\d+)", kernel_cost._run("cuobjdump", "-elf", r["cubin"]))
+        assert arch is None or int(arch.group(1)) == r["arch"]
+
+
+def test_instructions_per_pair_is_the_hot_loop_over_its_pairs(check_rows):
+    for r in check_rows:
+        if r["pairs_per_trip"]:
+            loop = kernel_cost.hot_loop(kernel_cost.sass_instructions(r["cubin"]))
+            assert len([t for t in loop if not t.startswith("NOP")]) == r["loop_instructions"]
+            assert r["instructions_per_pair"] == round(
+                r["loop_instructions"] / r["pairs_per_trip"], 1
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces, on synthetic input
+
+
+def _sass(lines: list[str]) -> list[tuple[int, str]]:
+    return [(16 * i, text) for i, text in enumerate(lines)]
+
+
+def test_hot_loop_is_the_largest_innermost_loop():
+    code = _sass([
+        "MOV R0, RZ",  # 0x00
+        "IADD3 R1, R1, 0x1, RZ",  # 0x10 outer head
+        "FADD R2, R2, 1",  # 0x20 inner head
+        "FADD R2, R2, 1",
+        "FADD R2, R2, 1",
+        "@P0 BRA 0x20",  # 0x50 inner back edge: 4 instructions
+        "IADD3 R3, R3, 0x1, RZ",
+        "@P1 BRA 0x10",  # 0x70 outer back edge
+        "FMUL R4, R4, R4",  # 0x80 second loop head
+        "FMUL R4, R4, R4",
+        "@P2 BRA P3, 0x80",  # 0xa0 back edge with a second predicate: 3 instructions
+        "EXIT",
+        "BRA 0xc0",  # the self-branch after EXIT is no loop
+        "FFMA R9, R9, R9, R9",  # 0xd0 unreachable block branching back: no loop
+        "BRA 0x20",
+    ])  # fmt: skip
+    loop = kernel_cost.hot_loop(code)
+    assert loop == ["FADD R2, R2, 1"] * 3 + ["@P0 BRA 0x20"]
+    assert kernel_cost.hot_loop(_sass(["MOV R0, RZ", "EXIT", "BRA 0x20"])) is None
+
+
+def test_occupancy_by_registers_warps_and_shared_memory():
+    # 65536 registers / (128 regs * 32 threads) = 16 one-warp blocks
+    assert kernel_cost.occupancy_warps(90, 128, 1, 0) == 16
+    # 64 registers, 2 warps: 65536 / (64 * 64) = 16 blocks by registers -> 32 warps
+    assert kernel_cost.occupancy_warps(90, 64, 2, 1024) == 32
+    # allocation is per warp in units of 256 registers: 65 regs count as 72
+    assert kernel_cost.occupancy_warps(90, 65, 4, 0) == 4 * (65536 // (72 * 32 * 4))
+    # sm_86 holds 48 warps; shared memory limits blocks: 100 KB / (40 KB + 1 KB) = 2
+    assert kernel_cost.occupancy_warps(86, 32, 4, 40 * 1024) == 8
+
+
+def test_a_global_the_compiler_rejects_is_a_compile_failure(tmp_path):
+    """The bug that broke every raster kernel on every GPU while the interpreter was happy: an
+    annotated module global. Compiling for a real target catches it."""
+    module = tmp_path / "broken_kernel.py"
+    module.write_text(
+        "import triton\nimport triton.language as tl\n\n"
+        "LIMIT: tl.constexpr = 0.5\n\n\n"
+        "@triton.jit\ndef broken(x_ptr):\n"
+        "    tl.store(x_ptr, tl.minimum(tl.load(x_ptr), LIMIT))\n"
+    )
+    script = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from tritri.kernel_cost import capture_launches, compile_launch\n"
+        "import broken_kernel\n"
+        "with capture_launches() as launches:\n"
+        "    broken_kernel.broken[(1,)](torch.ones(1))\n"
+        "try:\n"
+        "    compile_launch(launches[0], 90)\n"
+        "except Exception as err:\n"
+        "    print('FAILED', type(err).__name__, err)\n"
+        "else:\n"
+        "    print('COMPILED')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=_check_env(tmp_path / "cache"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "FAILED" in proc.stdout and "LIMIT" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_failures_name_kernel_variant_and_arch():
+    from tritri.check import failures
+
+    rows = [
+        {"arch": 80, "kernel": "k1", "variant": "v1", "default": True, "error": "boom"},
+        {"arch": 90, "kernel": "k2", "variant": "v2", "default": True, "spill_bytes": 8},
+        {"arch": 90, "kernel": "k3", "variant": "v3", "default": False, "spill_bytes": 8},
+        {"arch": 90, "kernel": "k4", "variant": "v4", "default": True, "spill_bytes": 0},
+    ]
+    lines = failures(rows)
+    assert len(lines) == 2
+    assert "k1 [v1] sm_80" in lines[0] and "boom" in lines[0]
+    assert "k2 [v2] sm_90" in lines[1] and "8 B" in lines[1]
