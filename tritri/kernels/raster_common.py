@@ -1,11 +1,12 @@
 """Pieces shared by the forward and backward raster kernels (``@triton.jit`` helpers only).
 
 A program owns one (image, tile) and walks the tile's triangles one at a time, topmost first,
-reading each triangle's planes with uniform scalar loads and applying the SPEC's sequential
-front-to-back rules exactly, per pixel: a pair with alpha < 1/255 is skipped, alpha is clamped to
-0.99, and a pixel stops before the first triangle that would take T below 1e-4. ``CHUNK``
-walk items (a block) are visited per trip of the outer walk loop, one per trip of the inner (hot)
-loop; between blocks the program leaves as soon as every pixel has stopped.
+reading each triangle's packed record (:func:`pack_triangles`) with uniform 128-bit loads and
+applying the SPEC's sequential front-to-back rules exactly, per pixel: a pair with alpha < 1/255
+is skipped, alpha is clamped to 0.99, and a pixel stops before the first triangle that would take
+T below 1e-4. ``CHUNK`` walk items (a block) are visited per trip of the outer walk loop, one per
+trip of the inner (hot) loop; between blocks the program leaves as soon as every pixel has
+stopped.
 
 Pixel layout: a tile's ``TILE²`` pixels form a ``[PPT, WARPS, 32]`` block (pixels per thread x
 warps x lanes; Triton lays the last axis over lanes and the middle one over warps). Thread
@@ -35,8 +36,8 @@ INTERPRETED = tl.constexpr(bool(triton.knobs.runtime.interpret))
 STOPPED = tl.constexpr(2.0)
 # Triangle record layout (floats): edge planes 0..8, opacity 9, barycentric planes 10..18
 # (per-vertex colors only), then the V * C colors; padded to a multiple of 4 so every record starts
-# 16-byte aligned and its scalar loads can merge into 128-bit ones. The backward's per-warp
-# gradient rows use the same columns.
+# 16-byte aligned and is read with 128-bit loads (load4). The backward's per-warp gradient rows use
+# the same columns.
 REC_OPACITY = tl.constexpr(9)
 REC_BARY = tl.constexpr(10)
 
@@ -45,7 +46,8 @@ REC_BARY = tl.constexpr(10)
 def tile_pixels(tile, n_tiles_x, H, W, TILE: tl.constexpr, PPT: tl.constexpr,
                 WARPS: tl.constexpr):  # fmt: skip
     """The tile's pixels as a [PPT, WARPS, 32] block (module docstring): each pixel's index
-    row * W + col within its image (int32) and whether it is in the image."""
+    row * W + col within its image (int32: an image has fewer than 2**31 pixels; offsets across
+    images are int64) and whether it is in the image."""
     COL_STEP: tl.constexpr = 32 * WARPS // TILE
     tile = tile.to(tl.int32)
     i = tl.arange(0, PPT)[:, None, None]
@@ -107,7 +109,8 @@ def scan_block_hits(N, start, rec_img, cull_img, REC: tl.constexpr, xmin, xmax, 
     The same exact test as binning.overlaps (the box of the region where alpha can reach 1/255,
     then each edge plane's best value over the tile's pixel-center rectangle), one triangle per
     lane; the bits are gathered with a warp reduction into a value uniform over the program.
-    ``rec_img`` and ``cull_img`` point at the image's first record and culling row.
+    ``rec_img`` and ``cull_img`` point at the image's first record (rows of REC floats) and
+    culling row.
     """
     lane = tl.arange(0, 32)
     j = start + lane
