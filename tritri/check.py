@@ -269,7 +269,7 @@ def _rows(variant: Variant, arch: int) -> list[dict[str, Any]]:
         return row
 
     try:
-        with capture_launches() as launches:
+        with capture_launches(arch) as launches:
             variant.launch()
         if len(launches) != len(variant.launch_names):
             raise RuntimeError(

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.kernel_cost import target_arch
 from tritri.kernels.raster_common import (
     ALPHA_MAX,
     REC_BARY,
@@ -230,16 +231,20 @@ parallelism for it; at the default config flat colors keep 16 warps per SM resid
 spilling, see ``tritri check``)."""
 
 
-STATE_REGISTERS = 48
-"""Registers per thread the backward's per-pixel state may take: T, the stop threshold, the
-remaining color and the C incoming gradient channels, for each of its pixels."""
+def state_registers(arch: int | None) -> int:
+    """Registers per thread the backward's per-pixel state may take (T, the stop threshold, the
+    remaining color and the C incoming gradient channels, for each of a thread's pixels): 48, and
+    40 on sm_100 and newer, whose ptxas spills flat C = 3 inside the hot loop at 8 pixels per
+    thread (``tritri check --arch 100``)."""
+    return 40 if arch is not None and arch >= 100 else 48
 
 
-def backward_warps(tile: int, num_warps: int, channels: int) -> int:
+def backward_warps(tile: int, num_warps: int, channels: int, arch: int | None = None) -> int:
     """The warps the backward launches with: ``num_warps``, doubled while a thread's pixels'
-    state would exceed :data:`STATE_REGISTERS` (wide colors: C >= 4 at the default tile 16 and
+    state would exceed :func:`state_registers` (wide colors: C >= 4 at the default tile 16 and
     one warp), so that the kernel fits its register cap without spilling (``tritri check``)."""
-    while (tile * tile) // (32 * num_warps) * (3 + channels) > STATE_REGISTERS and (
+    limit = state_registers(arch)
+    while (tile * tile) // (32 * num_warps) * (3 + channels) > limit and (
         64 * num_warps <= tile * tile
     ):
         num_warps *= 2
@@ -276,7 +281,7 @@ def raster_backward(
     check_raster_config(tile, chunk, num_warps)
     B, N = edges.shape[:2]
     C = colors.shape[-1]
-    num_warps = backward_warps(tile, num_warps, C)
+    num_warps = backward_warps(tile, num_warps, C, target_arch(edges.device))
     per_vertex = bary is not None
     ntx, nty = tile_grid(height, width, tile)
     K, REC = record_width(per_vertex, C)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.kernel_cost import target_arch
 from tritri.kernels.raster_common import (
     REC_OPACITY,
     all_stopped,
@@ -132,9 +133,13 @@ def raster_forward_kernel(
     tl.store(out_T_ptr + b * H * W + pix, T, mask=out)
 
 
-MAX_REGISTERS = {False: 64, True: 96}
-"""Register cap per thread, flat / per-vertex colors: at the default config ptxas fits the
-forward in it without spilling (``tritri check``), and 64 keeps 32 warps per SM resident."""
+def max_registers(per_vertex: bool, channels: int, arch: int | None) -> int:
+    """Register cap per thread: 64 for flat colors (32 warps per SM resident), 96 per-vertex. At
+    the default config ptxas fits the forward in it without spilling (``tritri check``), except
+    flat C >= 4 on sm_86 / sm_89, which get 72."""
+    if per_vertex:
+        return 96
+    return 72 if channels >= 4 and arch in (86, 87, 89) else 64
 
 
 def raster_forward(
@@ -165,12 +170,13 @@ def raster_forward(
     out_color = torch.empty(B, C, height, width, dtype=torch.float32, device=edges.device)
     out_T = torch.empty(B, height, width, dtype=torch.float32, device=edges.device)
     rec = pack_triangles(edges, bary, colors, opacity)
+    cap = max_registers(bary is not None, C, target_arch(edges.device))
     for list_walk, lists in walk_launches(bins, B, edges.device):
         raster_forward_kernel[(B * ntx * nty,)](
             rec, cull, *lists[:4], out_color, out_T,
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=bary is not None, REC=rec.shape[-1],
             TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
-            num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[bary is not None],
+            num_warps=num_warps, num_stages=1, maxnreg=cap,
         )  # fmt: skip
     return out_color, out_T
