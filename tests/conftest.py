@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import triton_device
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,5 +18,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def device() -> torch.device:
-    """The device Triton kernels run on in this session: CUDA if present, else CPU (interpreter)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device Triton kernels run on in this session: CUDA if present, else the CPU under the
+    interpreter; the test is skipped (with the reason) where neither is available."""
+    return triton_device()

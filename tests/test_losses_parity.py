@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from devices import triton_device
 
 from tritri.losses import ImageLosses
 from tritri.losses.torchvision_compat import import_torchvision
@@ -102,23 +103,33 @@ def test_lpips_parity_weights_from_file_and_encoded_target(lpips_ref, tmp_path):
 
 
 def test_lpips_parity_triton_path(lpips_ref):
-    """The fused level kernels (interpreter on CPU) through the whole loss, value and gradient."""
+    """The fused level kernels (CUDA, or the interpreter on CPU) through the whole loss: the lpips
+    value against the lpips package, both terms and the gradient against the torch path (the same
+    fp32 trunk; the torch path's gradient is held to the lpips package's in the test above).
+
+    Not the gradient against the package directly: this input (seed 5) sits on a kink of the
+    trunk (a ReLU at 0 or a max-pool tie), where fp32 trunks may route the gradient differently
+    from the fp64 one -- 1.6% of the largest entry, the same for the torch and the fused path,
+    gone when the input moves by 1e-5."""
     model, state = lpips_ref
+    device = triton_device()
     crit = ImageLosses(("perceptual", "lpips"), weights=state, reduction="none", use_triton=True)
+    crit = crit.to(device)
     pred, target = _images(batch=2, size=32, seed=5)
-    x = pred.clone().requires_grad_()
-    out = crit(x, target)
+    x = pred.clone().to(device).requires_grad_()
+    out = crit(x, target.to(device))
     ref = model(pred.double(), target.double(), normalize=True).reshape(-1)
-    torch.testing.assert_close(out["lpips"].double(), ref, rtol=1e-5, atol=0)
-    xr = pred.double().requires_grad_()
-    (g_ref,) = torch.autograd.grad(model(xr, target.double(), normalize=True).sum(), xr)
-    (g,) = torch.autograd.grad(out["lpips"].sum(), x)
-    _assert_grad_close(g, g_ref)
-    # Both terms from the one kernel call agree with the torch path.
-    torch_out = ImageLosses(
-        ("perceptual", "lpips"), weights=state, reduction="none", use_triton=False
-    )(pred, target)
-    torch.testing.assert_close(out["perceptual"], torch_out["perceptual"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(out["lpips"].cpu().double(), ref, rtol=1e-5, atol=0)
+    weights = torch.tensor([0.7, -1.3])  # the two terms, each sample weighted differently
+    (g,) = torch.autograd.grad((out["lpips"] + out["perceptual"]).cpu().mul(weights).sum(), x)
+    plain = ImageLosses(("perceptual", "lpips"), weights=state, reduction="none", use_triton=False)
+    xt = pred.clone().requires_grad_()
+    torch_out = plain(xt, target)
+    (g_torch,) = torch.autograd.grad((torch_out["lpips"] + torch_out["perceptual"]).mul(weights)
+                                     .sum(), xt)  # fmt: skip
+    for term in ("perceptual", "lpips"):
+        torch.testing.assert_close(out[term].cpu(), torch_out[term], rtol=1e-5, atol=0)
+    _assert_grad_close(g.cpu(), g_torch.double(), rtol=1e-5)
 
 
 def _tv_perceptual(features, pred, target, layers, weights, distance):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from devices import triton_device
 
 from tritri.tuning import tunables
 from tritri.tuning.tuner import tune_problem
@@ -32,6 +33,7 @@ def test_raster_kernels_are_tunable(raster_tunables):
 
 @pytest.mark.parametrize("kernel", ["raster_forward", "raster_backward"])
 def test_tuning_a_tiny_problem_picks_a_verified_config(raster_tunables, kernel):
+    triton_device()  # the runners launch the kernels on CUDA, else on the CPU (interpreter)
     tunable = raster_tunables[kernel]
     tunable = dataclasses.replace(tunable, candidates=tunable.candidates[:3])
     times = iter([3.0, 1.0, 2.0, 9.0])  # fake timer: the second candidate is fastest
