@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from devices import backend_device, triton_device
 from render_helpers import random_scene
 
 import tritri
@@ -19,7 +20,7 @@ BACKENDS = ["torch", "triton"]
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("poison", ["nan_vertex", "inf_color", "nan_opacity", "zero_area"])
 def test_bad_triangle_is_isolated(backend, poison):
-    verts, colors, opacity = random_scene(2, 6, 3, seed=21)
+    verts, colors, opacity = random_scene(2, 6, 3, seed=21, device=backend_device(backend))
     bad = 3
     if poison == "nan_vertex":
         verts[1, bad, 0, 0] = float("nan")
@@ -44,7 +45,8 @@ def test_bad_triangle_is_isolated(backend, poison):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unbatched_equals_batched(backend):
-    verts, colors, opacity = random_scene(2, 5, 3, per_vertex=True, seed=8)
+    verts, colors, opacity = random_scene(2, 5, 3, per_vertex=True, seed=8,
+                                          device=backend_device(backend))  # fmt: skip
     batched = tritri.render(verts, colors, opacity, height=12, width=9, backend=backend,
                             return_alpha=True)  # fmt: skip
     single = tritri.render(verts[0], colors[0], opacity[0], height=12, width=9, backend=backend,
@@ -68,14 +70,28 @@ def test_no_triangles_renders_background(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_half_precision_in_float32_math(backend):
-    verts, colors, opacity = random_scene(1, 6, 3, seed=4)
-    full = tritri.render(verts, colors, opacity, height=16, width=16, backend=backend)
-    v16, c16, o16 = (t.half().requires_grad_() for t in (verts, colors, opacity))
-    half = tritri.render(v16, c16, o16, height=16, width=16, backend=backend)
-    assert half.dtype == torch.float16
-    torch.testing.assert_close(half.float(), full, atol=2e-3, rtol=0)
-    half.float().sum().backward()
-    assert v16.grad.dtype == torch.float16 and torch.isfinite(v16.grad).all()
+    """fp16 in: the math runs in float32 on the fp16 values, so the image is the float32 image of
+    those values rounded to fp16, and each gradient is the float32 gradient (of the same fp16
+    upstream gradient: the image is fp16) rounded to fp16."""
+    device = backend_device(backend)
+    scene = random_scene(1, 6, 3, seed=4, device=device)
+    half = [t.half().requires_grad_() for t in scene]
+    full = [t.detach().float().requires_grad_() for t in half]  # the same values, in float32
+    out_half = tritri.render(*half, height=16, width=16, backend=backend)
+    out_full = tritri.render(*full, height=16, width=16, backend=backend)
+    assert out_half.dtype == torch.float16
+    torch.testing.assert_close(out_half.float(), out_full.half().float(), atol=1e-3, rtol=0)
+    weights = torch.randn(out_full.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    weights = weights.half().float()  # what reaches an fp16 image
+    (out_half.float() * weights).sum().backward()
+    (out_full * weights).sum().backward()
+    for name, h, f in zip(("verts", "colors", "opacity"), half, full, strict=True):
+        assert h.grad.dtype == torch.float16, name
+        scale = f.grad.abs().max().item()
+        assert scale > 0, name
+        # one fp16 rounding of the float32 gradient (and atomics' order on a GPU)
+        torch.testing.assert_close(h.grad.float(), f.grad, rtol=2e-3, atol=1e-4 * scale,
+                                   msg=lambda m, name=name: f"d {name}: {m}")  # fmt: skip
 
 
 def test_bfloat16_on_torch_backend():
@@ -152,7 +168,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    verts, colors, opacity = random_scene(1, 5, 3, seed=30)
+    verts, colors, opacity = random_scene(1, 5, 3, seed=30, device=triton_device())
 
     def step(v, c, o):
         img = tritri.render(v, c, o, height=12, width=12, backend="triton", background=0.5)
@@ -174,7 +190,7 @@ def test_custom_op_passes_opcheck():
     from tritri.geometry import prepare_triangles
     from tritri.ops import rasterize
 
-    verts, colors, opacity = random_scene(1, 3, 2, seed=31)
+    verts, colors, opacity = random_scene(1, 3, 2, seed=31, device=triton_device())
     prep = prepare_triangles(verts, colors, opacity, 8, 8, 0.5)
     args = (prep.edges.detach().requires_grad_(), prep.edges.new_empty(0),
             prep.colors.detach().requires_grad_(), prep.opacity.detach().requires_grad_(),
