@@ -6,14 +6,20 @@ import math
 
 import pytest
 import torch
+from devices import triton_device
 
 from tritri.losses import GeometricMeanLoss
 
-BACKENDS = [False, True]  # torch path, fused Triton kernel (interpreter on CPU)
+BACKENDS = [False, True]  # torch path, fused Triton kernel (CUDA, or the interpreter on CPU)
 
 
-def _leaf(*values, dtype=torch.float32):
-    return torch.tensor(values, dtype=dtype, requires_grad=True)
+def _device(use_triton: bool) -> torch.device:
+    """CPU for the torch path; where this session runs Triton kernels for the fused kernel."""
+    return triton_device() if use_triton else torch.device("cpu")
+
+
+def _leaf(*values, dtype=torch.float32, device="cpu"):
+    return torch.tensor(values, dtype=dtype, device=device, requires_grad=True)
 
 
 @pytest.mark.parametrize("use_triton", BACKENDS)
@@ -21,7 +27,8 @@ def test_scalar_losses_value_and_gradient_by_hand(use_triton):
     """L = (0.5, 2.0, 5e-5), ε = 1e-8, m = 1e-4, w = 0.01. Only the third is under the floor:
     total = log(0.5+ε) + log(2+ε) + log(5e-5+ε) + 0.01·(5e-5)²,
     d/dL3 = 1/(5e-5+ε) - 2·0.01·(1e-4 - 5e-5) = 19996.0008 - 1e-6."""
-    l1, l2, l3 = (torch.tensor(v, requires_grad=True) for v in (0.5, 2.0, 5e-5))
+    dev = _device(use_triton)
+    l1, l2, l3 = (torch.tensor(v, device=dev, requires_grad=True) for v in (0.5, 2.0, 5e-5))
     crit = GeometricMeanLoss(use_triton=use_triton)
     total = crit({"l1": l1, "perceptual": l2, "lpips": l3})
     eps = 1e-8
@@ -47,7 +54,8 @@ def test_regularizer_gradient_by_hand(use_triton):
     """A strong penalty makes the regularizer's share visible: m = 1, w = 10, ε = 0.
     For L = 0.25 < m: d/dL = 1/0.25 - 2·10·(1 - 0.25) = 4 - 15 = -11 (the floor pushes the loss
     back up); for L = 3 > m: 1/3 and no penalty. total = log 0.25 + log 3 + 10·0.75²."""
-    a, b = (torch.tensor(v, requires_grad=True) for v in (0.25, 3.0))
+    dev = _device(use_triton)
+    a, b = (torch.tensor(v, device=dev, requires_grad=True) for v in (0.25, 3.0))
     crit = GeometricMeanLoss(
         epsilon=0.0, min_loss_value=1.0, regularization_weight=10.0, use_triton=use_triton
     )
@@ -63,12 +71,13 @@ def test_regularizer_gradient_by_hand(use_triton):
 def test_per_sample_losses_are_batch_mean_of_per_sample_sums(use_triton):
     """(B,) losses: total = mean_b Σ_k f(L_bk); a scalar loss counts the same for every sample;
     gradients are f'(L_bk) / B. Compared with a plain autograd computation in float64."""
+    dev = _device(use_triton)
     g = torch.Generator().manual_seed(0)
-    a = (torch.rand(4, generator=g) + 1e-5).double().requires_grad_()
+    a = (torch.rand(4, generator=g) + 1e-5).double().to(dev).requires_grad_()
     b = torch.rand(4, generator=g).double()
     b[2] = 2e-5  # one sample under the floor
-    b.requires_grad_()
-    c = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    b = b.to(dev).requires_grad_()
+    c = torch.tensor(0.3, dtype=torch.float64, device=dev, requires_grad=True)
     eps, m, w = 1e-8, 1e-4, 0.01
     crit = GeometricMeanLoss(epsilon=eps, min_loss_value=m, regularization_weight=w,
                              use_triton=use_triton)  # fmt: skip
@@ -88,8 +97,9 @@ def test_per_sample_losses_are_batch_mean_of_per_sample_sums(use_triton):
 @pytest.mark.parametrize("use_triton", BACKENDS)
 def test_dynamic_epsilon_is_detached_and_per_sample(use_triton):
     """ε_b = max(ε, 0.01·min_k L_bk) without gradient through ε: dtotal/dL = 1/(L + ε_b)/B."""
-    a = _leaf(0.5, 4.0)
-    b = _leaf(2.0, 1e-12)
+    dev = _device(use_triton)
+    a = _leaf(0.5, 4.0, device=dev)
+    b = _leaf(2.0, 1e-12, device=dev)
     crit = GeometricMeanLoss(regularization_weight=0.0, dynamic_epsilon=True, use_triton=use_triton)
     total = crit({"a": a, "b": b})
     e0 = 0.01 * 0.5  # sample 0: min is 0.5
@@ -97,8 +107,8 @@ def test_dynamic_epsilon_is_detached_and_per_sample(use_triton):
     expected = (math.log(0.5 + e0) + math.log(2 + e0) + math.log(4 + e1) + math.log(1e-12 + e1)) / 2
     assert total.item() == pytest.approx(expected, rel=1e-6)
     total.backward()
-    torch.testing.assert_close(a.grad, torch.tensor([1 / (0.5 + e0), 1 / (4 + e1)]) / 2)
-    torch.testing.assert_close(b.grad, torch.tensor([1 / (2 + e0), 1 / (1e-12 + e1)]) / 2)
+    torch.testing.assert_close(a.grad.cpu(), torch.tensor([1 / (0.5 + e0), 1 / (4 + e1)]) / 2)
+    torch.testing.assert_close(b.grad.cpu(), torch.tensor([1 / (2 + e0), 1 / (1e-12 + e1)]) / 2)
     assert crit.stats["epsilon"] == pytest.approx((e0 + e1) / 2, rel=1e-6)
     # without dynamic ε the small loss dominates with weight 1/(1e-12 + 1e-8)
     static = GeometricMeanLoss(regularization_weight=0.0, use_triton=use_triton)
@@ -108,19 +118,27 @@ def test_dynamic_epsilon_is_detached_and_per_sample(use_triton):
 
 
 def test_triton_and_torch_paths_agree():
+    """The fused kernel and the torch path: same total, gradients and stats (every value)."""
     g = torch.Generator().manual_seed(1)
     losses = {f"k{i}": torch.rand(6, generator=g) * 10 ** (-i) for i in range(5)}
     out = {}
     for use_triton in BACKENDS:
-        leaves = {k: v.clone().requires_grad_() for k, v in losses.items()}
-        crit = GeometricMeanLoss(dynamic_epsilon=True, use_triton=use_triton)
+        dev = _device(use_triton)
+        leaves = {k: v.to(dev).requires_grad_() for k, v in losses.items()}
+        crit = GeometricMeanLoss(dynamic_epsilon=True, min_loss_value=1e-2,
+                                 regularization_weight=1.0, use_triton=use_triton)  # fmt: skip
         total = crit(leaves)
         total.backward()
-        out[use_triton] = (total.detach(), [v.grad for v in leaves.values()], crit.stats)
+        out[use_triton] = (total.detach().cpu(), [v.grad.cpu() for v in leaves.values()],
+                           crit.stats)  # fmt: skip
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-6, atol=1e-6)
     for a, b in zip(out[True][1], out[False][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
-    assert out[True][2].keys() == out[False][2].keys()
+    kernel, plain = out[True][2], out[False][2]
+    assert kernel.keys() == plain.keys()
+    assert plain["regularization"] > 1e-4  # losses under the floor: the penalty is exercised
+    for key, value in plain.items():
+        assert kernel[key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
 
 
 def test_state_dict_round_trip_keeps_hyperparameters():
