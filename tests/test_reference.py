@@ -87,6 +87,31 @@ def test_per_vertex_colors_at_vertices_and_fringe():
     assert (premult[:, 39, 0] - blue).abs().max() < 0.1
 
 
+def test_per_vertex_colors_interpolate_barycentrically():
+    """color(p) = Σ β_k c_k: at the centroid the mean of the three colors, at an edge midpoint the
+    mean of its two ends, at p = (2/3, 1/6, 1/6) that blend, and outside an edge (β clamped at 0,
+    renormalized) the mean of that edge's ends. The triangle (0.5, 0.5), (6.5, 0.5), (0.5, 6.5)
+    px puts every one of these points on a pixel center of an 8x8 image."""
+    H = W = 8
+    verts = torch.tensor([[[0.5, 0.5], [6.5, 0.5], [0.5, 6.5]]], dtype=torch.float64) / 8
+    g = torch.Generator().manual_seed(9)
+    c = torch.rand(3, 3, generator=g, dtype=torch.float64)  # vertex k's color is c[k]
+    img, alpha = render_dense(verts, c[None], height=H, width=W, sigma=0.3, return_alpha=True)
+    color = img / alpha  # no background: the image is color * alpha
+    expected = {  # (row, col) of the pixel center: expected color
+        (2, 2): c.mean(0),  # centroid (2.5, 2.5)
+        (0, 3): (c[0] + c[1]) / 2,  # midpoint of v0 v1, (3.5, 0.5)
+        (3, 3): (c[1] + c[2]) / 2,  # midpoint of v1 v2, (3.5, 3.5)
+        (3, 0): (c[2] + c[0]) / 2,  # midpoint of v2 v0, (0.5, 3.5)
+        (1, 1): c[0] * 2 / 3 + (c[1] + c[2]) / 6,  # (1.5, 1.5)
+        (4, 4): (c[1] + c[2]) / 2,  # (4.5, 4.5), outside v1 v2: β = (-1/3, 2/3, 2/3) -> (0, ½, ½)
+    }
+    assert alpha[0, 4, 4] > 1 / 255  # the fringe pixel is drawn
+    for (i, j), want in expected.items():
+        torch.testing.assert_close(color[:, i, j], want, rtol=0, atol=1e-12,
+                                   msg=lambda m, p=(i, j): f"pixel {p}: {m}")  # fmt: skip
+
+
 def test_gradients_against_finite_differences():
     g = torch.Generator().manual_seed(3)
     B, N, H, W = 1, 3, 5, 6
