@@ -180,7 +180,9 @@ def delaunay_mosaic(image: np.ndarray, n_triangles: int, seed: int = 0) -> Mosai
     verts = points[simplices]  # (N, 3, 2)
     ys, xs = np.mgrid[0:H, 0:W]
     centers = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
-    owner = tri.find_simplex(centers)
+    # bruteforce: the default directed walk takes ~4 s for a 256 x 170 image (measured), the
+    # per-simplex test 0.15 s
+    owner = tri.find_simplex(centers, bruteforce=True)
     # Pixel centers sit strictly inside [0, W] x [0, H], the hull; -1 only from round-off.
     if (owner < 0).any():
         missing = owner < 0
