@@ -232,12 +232,17 @@ def test_deterministic_sums_are_independent_of_tile_order():
     bins, full, summed = run(16, 16, 8, 3, seed=11, per_tile=True)
     assert (bins.count == 4).all()  # every triangle in every tile: there is an order to get wrong
     for name, a, b in zip(names, full, summed, strict=True):
-        assert torch.equal(a, b), f"seed 11: {name} is not the correctly rounded sum over tiles"
+        differ = int((a != b).sum())
+        assert differ == 0, (
+            f"seed 11: {name} is not the correctly rounded sum over tiles in {differ} of "
+            f"{a.numel()} entries (max diff {(a - b).abs().max().item():.3e})"
+        )
     if device.type == "cuda":
         bins, first, second = run(96, 128, 16, 200, seed=12, per_tile=False)
         assert (bins.count > 1).float().mean() > 0.5
         for name, a, b in zip(names, first, second, strict=True):
-            assert torch.equal(a, b), f"seed 12: {name} differs between two runs"
+            differ = int((a != b).sum())
+            assert differ == 0, f"seed 12: {name} differs between two runs in {differ} entries"
 
 
 def test_deterministic_none_follows_torch_setting(monkeypatch):
