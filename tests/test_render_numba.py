@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from render_helpers import image_and_grads
 
 import tritri
 from tritri.reference import render_dense
@@ -44,20 +45,6 @@ def _small_scene(B, N, C, seed=0):
     return verts, colors, opacity
 
 
-def _run(fn, verts, colors, opacity, background, seed=1):
-    leaves = [t.detach().clone().requires_grad_() for t in (verts, colors, opacity)]
-    bg = background
-    if isinstance(background, torch.Tensor):
-        bg = background.detach().clone().requires_grad_()
-        leaves.append(bg)
-    image, alpha = fn(*leaves[:3], bg)
-    g = torch.Generator().manual_seed(seed)
-    w_img = torch.randn(image.shape, generator=g)
-    w_alpha = torch.randn(alpha.shape, generator=g)
-    ((image * w_img).sum() + (alpha * w_alpha).sum()).backward()
-    return [image.detach(), alpha.detach()] + [t.grad for t in leaves]
-
-
 def _compare(scene, height, width, sigma=0.5, background=None, rtol=1e-4, atol=1e-5):
     def ours(v, c, o, bg):
         return tritri.render(v, c, o, height=height, width=width, sigma=sigma, background=bg,
@@ -67,8 +54,8 @@ def _compare(scene, height, width, sigma=0.5, background=None, rtol=1e-4, atol=1
         return render_dense(v, c, o, height=height, width=width, sigma=sigma, background=bg,
                             return_alpha=True)  # fmt: skip
 
-    got = _run(ours, *scene, background)
-    want = _run(ref, *scene, background)
+    got = image_and_grads(ours, *scene, background)
+    want = image_and_grads(ref, *scene, background)
     for name, a, b in zip(NAMES, got, want, strict=False):
         assert a is not None and b is not None, name
         assert a.shape == b.shape, (name, a.shape, b.shape)
@@ -169,8 +156,8 @@ def test_gradients_are_deterministic():
         return tritri.render(v, c, o, height=40, width=41, background=bg, return_alpha=True,
                              backend="numba")  # fmt: skip
 
-    a = _run(fn, *scene, None)
-    b = _run(fn, *scene, None)
+    a = image_and_grads(fn, *scene, None)
+    b = image_and_grads(fn, *scene, None)
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
 
