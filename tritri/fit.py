@@ -3,8 +3,9 @@
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
 domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 150 at
 256), longest side 256 px, a Delaunay-mosaic start with twice the triangles, pruned to N during
-the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): more PSNR at equal N in
-about its wall time on a 2-core CPU; 1024 triangles x 300 steps, the old default, took ~40 s.
+the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): 1.5-4.9 dB more PSNR at
+equal N on a 2-core CPU, in 1.05-1.3x its wall time at N = 1024 and 1.7-2.7x at N = 256 (README,
+performance); 1024 triangles x 300 steps, the old default, took ~40 s.
 Outputs, in ``--out``:
 
 - ``final.png`` the fit; ``comparison.png`` target | fit side by side;
@@ -58,8 +59,8 @@ OVERCOMPLETE = 2.0
 
 def default_steps(n_triangles: int) -> int:
     """Steps of a default fit: fewer for more triangles, whose steps cost more (each triangle
-    needs fewer steps too) -- sized so the whole run stays within geometrize's time at N >= 256
-    on a 2-core CPU (README, performance)."""
+    needs fewer steps too) -- sized so that the whole run takes about 10 s on a 2-core CPU at any
+    N (geometrize takes 2-10 s; README, performance); twice the steps buy ~0.3 dB at N = 256."""
     return int(min(300, max(100, round(150 * math.sqrt(256 / max(n_triangles, 1))))))
 
 
