@@ -264,7 +264,9 @@ def _rows(variant: Variant, arch: int) -> list[dict[str, Any]]:
         # what went wrong, and its first line where
         while err.__cause__ is not None:
             err = err.__cause__
-        text = " / ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        # where (first line) and what (the last lines; the source excerpt between can be long)
+        text = " / ".join(lines) if len(lines) <= 4 else " / ".join([lines[0], "...", *lines[-3:]])
         row["error"] = f"{type(err).__name__}: {text[:600]}"
         return row
 

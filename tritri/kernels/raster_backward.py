@@ -3,8 +3,9 @@
 The program of an (image, tile) replays the forward walk front to back (same blocks, same culling,
 same early exit) and, per pair, uses the saved final color: the color still to come after a pair is
 ``color_final - prefix``, so no transmittance is reconstructed by division. Each triangle's
-gradients are summed over the tile's pixels (in-thread adds, then warp shuffles: one row of sums per
-warp) and written once per (triangle, tile, warp):
+gradients are summed over the tile's pixels -- in-thread adds, then one transposing butterfly of
+warp shuffles for the whole row (K columns in about K shuffles, not 5 K), which leaves lane k of
+each warp holding column k -- and written once per (triangle, tile, warp):
 
 - default: one vector ``tl.atomic_add`` per warp into the (B, N, ...) gradient buffers, lane k
   adding column k of the row (order-dependent rounding);
@@ -30,7 +31,7 @@ from torch import Tensor
 from tritri.kernel_cost import target_arch
 from tritri.kernels.raster_common import (
     ALPHA_MAX,
-    REC_BARY,
+    INTERPRETED,
     REC_OPACITY,
     all_stopped,
     channel_dot,
@@ -55,54 +56,109 @@ from tritri.kernels.raster_common import (
 
 
 @triton.jit
-def _warp_sums(v):
-    """Per-warp sums of a [PPT, WARPS, 32] block: [WARPS] (in-thread adds, then lane shuffles)."""
-    return tl.sum(tl.sum(v, axis=0), axis=1)
+def _xor_lanes(x, OFFSET: tl.constexpr):
+    """``x`` [1, WARPS, 32] as held by lane ``lane ^ OFFSET`` of the same warp: one butterfly
+    shuffle (``shfl.sync.bfly`` with an immediate offset; ``tl.gather`` would keep a lane-index
+    register per offset live through the walk). Axis 2 of the walk's blocks is the warp's lanes
+    (blocked layout threadsPerWarp [1, 1, 32]; ``tests/test_kernel_check.py`` holds the compiled
+    kernels to it). The interpreter has no lanes: it gathers along axis 2."""
+    if INTERPRETED:
+        lane = tl.arange(0, 32)[None, None, :]
+        out = tl.gather(x, tl.broadcast_to(lane ^ OFFSET, x.shape), axis=2)
+    elif OFFSET == 16:
+        out = _shfl_bfly(x, "shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;")
+    elif OFFSET == 8:
+        out = _shfl_bfly(x, "shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;")
+    elif OFFSET == 4:
+        out = _shfl_bfly(x, "shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;")
+    elif OFFSET == 2:
+        out = _shfl_bfly(x, "shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;")
+    else:
+        tl.static_assert(OFFSET == 1, "lane offsets are 1, 2, 4, 8 or 16")
+        out = _shfl_bfly(x, "shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;")
+    return out
 
 
 @triton.jit
-def _put(row, lane, k: tl.constexpr, val):
-    """Set column ``k`` of a [WARPS, KB] row of per-warp sums to ``val`` [WARPS]."""
-    return tl.where(lane == k, val[:, None], row)
+def _shfl_bfly(x, ASM: tl.constexpr):
+    return tl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
-def _put_plane(row, lane, k: tl.constexpr, d, px0, py, dx):
-    """Set columns k..k+2 of ``row`` to the gradient of a plane (A, B, C) given dL/dplane-value
-    ``d`` per pixel: the sums of d*x, d*y and d. A thread's pixels share y and are ``dx`` right of
-    its first one, so the per-pixel work is one add and one FMA."""
+def _pair(lo, hi_col, OFF: tl.constexpr):
+    """One lane pair's step of the transposing butterfly (:func:`_lane_sums`): lanes whose bit
+    OFF is set keep ``hi_col`` and send ``lo``, the others the reverse; each adds what it gets."""
+    hi = (tl.arange(0, 32)[None, None, :] & OFF) != 0
+    return tl.where(hi, hi_col, lo) + _xor_lanes(tl.where(hi, lo, hi_col), OFF)
+
+
+@triton.jit
+def _lane_sums(cols, LOG2: tl.constexpr):
+    """Per-warp sums of the columns ``cols`` (a tuple of at most 2**LOG2 <= 32 in-thread partial
+    sums, each [1, WARPS, 32]) as one [1, WARPS, 32] row: lane k holds the warp's sum of column k.
+
+    A transposing butterfly: at each level every lane keeps half of its columns, sends the other
+    half to its partner and adds what it receives, so the sums of K columns cost 2**LOG2 - 1 +
+    (5 - LOG2) shuffles instead of 5 K (one warp reduction per column).
+    """
+    OFF: tl.constexpr = 1 << (LOG2 - 1)
+    vals = ()
+    for i in tl.static_range(OFF):
+        if i + OFF < len(cols):
+            vals = vals + (_pair(cols[i], cols[i + OFF], OFF),)
+        else:  # column i + OFF is past the last: zero
+            vals = vals + (_pair(cols[i], 0.0, OFF),)
+    for level in tl.static_range(1, LOG2):
+        vals = _butterfly_level(vals, OFF >> level)
+    row = vals[0]
+    for level in tl.static_range(5 - LOG2):  # lanes past 2**LOG2 hold partial sums of the same
+        row += _xor_lanes(row, (1 << LOG2) << level)  # columns: add them in
+    return row
+
+
+@triton.jit
+def _butterfly_level(vals, OFF: tl.constexpr):
+    """A later level of :func:`_lane_sums`: the 2 * OFF columns ``vals`` become OFF."""
+    halved = ()
+    for i in tl.static_range(OFF):
+        halved = halved + (_pair(vals[i], vals[i + OFF], OFF),)
+    return halved
+
+
+@triton.jit
+def _plane_cols(d, px0, py, dx):
+    """In-thread partial sums of a plane (A, B, C)'s gradient given dL/dplane-value ``d`` per
+    pixel: the sums of d*x, d*y and d. A thread's pixels share y and are ``dx`` right of its first
+    one, so the per-pixel work is one add and one FMA."""
     s0 = tl.sum(d, axis=0)[None]  # [1, WARPS, 32]
     sx = tl.sum(d * dx, axis=0)[None]
-    row = _put(row, lane, k, _warp_sums(tl.fma(s0, px0, sx)))
-    row = _put(row, lane, k + 1, _warp_sums(s0 * py))
-    return _put(row, lane, k + 2, _warp_sums(s0))
+    return tl.fma(s0, px0, sx), s0 * py, s0
 
 
 @triton.jit
-def _put_colors(row, lane, k: tl.constexpr, g_color, weight):
-    """Set columns k..k+C-1 of ``row`` to one vertex's color gradient: the sums over the pixels of
-    g_color[c] * weight."""
+def _color_cols(g_color, weight):
+    """In-thread partial sums of one vertex's color gradient: g_color[c] * weight, per channel."""
+    out = ()
     for c in tl.static_range(len(g_color)):
-        row = _put(row, lane, k + c, _warp_sums(g_color[c] * weight))
-    return row
+        out = out + (tl.sum(g_color[c] * weight, axis=0)[None],)
+    return out
 
 
 @triton.jit
 def _backward_item(
     rec, grad_row, px0, py, dx, g_color, T, thr, rem,
     C: tl.constexpr, PER_VERTEX: tl.constexpr, WARPS: tl.constexpr, REC: tl.constexpr,
-    K: tl.constexpr, KB: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    K: tl.constexpr, K_LOG2: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):  # fmt: skip
     """Replay the triangle of record ``rec`` against the pixels' state (T, thresholds, ``rem``)
     and write its gradients for this tile to ``grad_row``.
 
-    The tile's sums are gathered into one row per warp with the record's columns (edges 0..8,
-    opacity 9, bary 10..18 for per-vertex colors, then the V * C colors) and added to the
+    The tile's sums are gathered into one row per warp (:func:`_lane_sums`) with the record's
+    columns (edges 0..8, opacity 9, bary 10..18 for per-vertex colors, then the V * C colors),
+    and added to the
     triangle's gradient row with one vector atomic per warp, lane k adding column k; the
     deterministic mode stores the warps' total in the pair's partial row instead.
     """
-    K_COLORS: tl.constexpr = 19 if PER_VERTEX else 10
-
     v = load_record(rec, REC)
     z0, z1, z2 = planes_at(v, 0, px0, py, dx, True)
     o = v[REC_OPACITY]
@@ -124,33 +180,31 @@ def _backward_item(
     d_ow = tl.where(ow < ALPHA_MAX, d_alpha, 0.0)
     d_z = (d_ow * o) * tl.fma(-w, w, w)  # d sigmoid(z) / dz = w (1 - w)
 
-    lane = tl.arange(0, KB)[None, :]
-    row = tl.zeros((WARPS, KB), tl.float32)
     # min over the three edges: the gradient goes to the first minimal one
-    row = _put_plane(row, lane, 0, tl.where(edge == 0, d_z, 0.0), px0, py, dx)
-    row = _put_plane(row, lane, 3, tl.where(edge == 1, d_z, 0.0), px0, py, dx)
-    row = _put_plane(row, lane, 6, tl.where(edge == 2, d_z, 0.0), px0, py, dx)
-    row = _put(row, lane, REC_OPACITY, _warp_sums(d_ow * w))
+    # the columns of the triangle's gradient row, in record order
+    # min over the three edges: the gradient goes to the first minimal one
+    cols = _plane_cols(tl.where(edge == 0, d_z, 0.0), px0, py, dx)
+    cols = cols + _plane_cols(tl.where(edge == 1, d_z, 0.0), px0, py, dx)
+    cols = cols + _plane_cols(tl.where(edge == 2, d_z, 0.0), px0, py, dx)
+    cols = cols + (tl.sum(d_ow * w, axis=0)[None],)  # opacity
     if PER_VERTEX:
         # color = sum_j r_j c_j / R with r_j = max(beta_j, 0), R = sum_j r_j
         scale = vis * inv_total
-        # one vertex at a time, so each vertex's r_j and <g, c_j> die as soon as they can
-        row = _put_plane(row, lane, REC_BARY, tl.where(r0 > 0.0, scale * (gc0 - g_col), 0.0),
-                         px0, py, dx)  # fmt: skip
-        row = _put_colors(row, lane, K_COLORS, g_color, scale * r0)
-        row = _put_plane(row, lane, REC_BARY + 3,
-                         tl.where(r1 > 0.0, scale * (gc1 - g_col), 0.0), px0, py, dx)  # fmt: skip
-        row = _put_colors(row, lane, K_COLORS + C, g_color, scale * r1)
-        row = _put_plane(row, lane, REC_BARY + 6,
-                         tl.where(r2 > 0.0, scale * (gc2 - g_col), 0.0), px0, py, dx)  # fmt: skip
-        row = _put_colors(row, lane, K_COLORS + 2 * C, g_color, scale * r2)
+        cols = cols + _plane_cols(tl.where(r0 > 0.0, scale * (gc0 - g_col), 0.0), px0, py, dx)
+        cols = cols + _plane_cols(tl.where(r1 > 0.0, scale * (gc1 - g_col), 0.0), px0, py, dx)
+        cols = cols + _plane_cols(tl.where(r2 > 0.0, scale * (gc2 - g_col), 0.0), px0, py, dx)
+        cols = cols + _color_cols(g_color, scale * r0)
+        cols = cols + _color_cols(g_color, scale * r1)
+        cols = cols + _color_cols(g_color, scale * r2)
     else:
-        row = _put_colors(row, lane, K_COLORS, g_color, vis)
+        cols = cols + _color_cols(g_color, vis)
+    row = _lane_sums(cols, K_LOG2)  # [1, WARPS, 32]: lane k holds column k
 
+    lane = tl.arange(0, 32)[None, None, :]
     if DETERMINISTIC:
-        tl.store(grad_row + lane, tl.sum(row, axis=0)[None, :], mask=lane < K)
+        tl.store(grad_row + lane, tl.sum(row, axis=1)[:, None, :], mask=lane < K)
     else:
-        warp0 = tl.zeros((WARPS, 1), tl.int64)
+        warp0 = tl.zeros((1, WARPS, 1), tl.int64)
         tl.atomic_add(grad_row + lane + warp0, row, mask=lane < K, sem="relaxed")
     return T, thr, rem
 
@@ -161,14 +215,14 @@ def raster_backward_kernel(
     color_ptr, T_ptr, grad_color_ptr, grad_T_ptr, grad_ptr,
     N, H, W, n_tiles_x, n_tiles,
     C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr, STRIDE: tl.constexpr,
-    K: tl.constexpr, KB: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr, WARPS: tl.constexpr,
-    LIST: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    K: tl.constexpr, K_LOG2: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
+    WARPS: tl.constexpr, LIST: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):  # fmt: skip
     """rec, cull, lists and scan flags as the forward; color/T its outputs and grad_color/grad_T
     their gradients. STRIDE is the records' row stride: 2 * REC with atomics, each record followed
     by its triangle's gradient row (one pointer serves both); REC when deterministic, with
-    ``grad`` the (pairs, K) per-pair partial rows indexed by slot. KB = K rounded up to a power of
-    two >= 32. Launch with num_warps=WARPS."""
+    ``grad`` the (pairs, K) per-pair partial rows indexed by slot. K_LOG2 = ceil(log2(K)) (the K
+    <= 32 columns of a row sit one per lane). Launch with num_warps=WARPS."""
     PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
@@ -204,7 +258,7 @@ def raster_backward_kernel(
                 T, thr, rem = _backward_item(
                     rec_img + n * STRIDE, rec_img + n * STRIDE + REC, px0, py, dx, g_color, T,
                     thr, rem,
-                    C, PER_VERTEX, WARPS, REC, K, KB, DETERMINISTIC,
+                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC,
                 )  # fmt: skip
             it += 32
         else:
@@ -218,7 +272,7 @@ def raster_backward_kernel(
                     grad_row = rec_img + n * STRIDE + REC
                 T, thr, rem = _backward_item(
                     rec_img + n * STRIDE, grad_row, px0, py, dx, g_color, T, thr, rem,
-                    C, PER_VERTEX, WARPS, REC, K, KB, DETERMINISTIC,
+                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC,
                 )  # fmt: skip
                 pos -= 1
             it += CHUNK
@@ -300,7 +354,7 @@ def raster_backward(
             rec, cull, *lists, color, T, grad_color, grad_T, grad,
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=per_vertex, REC=REC, STRIDE=rec.shape[-1], K=K,
-            KB=max(32, triton.next_power_of_2(K)),
+            K_LOG2=(K - 1).bit_length(),
             TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
             DETERMINISTIC=deterministic,
             num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
