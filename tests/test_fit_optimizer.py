@@ -49,6 +49,27 @@ def test_pruning_keeps_the_asked_count_and_fits_well():
         fit_triangles(init_delaunay(target, 8), target, steps=1, keep=9)
 
 
+def test_pruning_and_relocation_are_not_reported_as_sudden_jumps(tmp_path):
+    """The default schedule prunes an over-complete start and relocates triangles: the total
+    steps up on purpose there. The monitor is told (``discontinuity``), so a default fit prints no
+    "sudden jump" warning; the records of the steps after a move say what changed."""
+    from tritri.fitting.objective import FitLosses
+    from tritri.losses import LossMonitor, build_balancer
+
+    target = load_image(None, 64)
+    params = init_delaunay(target, 96)
+    monitor = LossMonitor(tmp_path / "m.jsonl", warn=False)
+    balancer = build_balancer({"type": "geometric_mean"}, names=["l1", "mse"])
+    fit_triangles(params, target, steps=150, keep=48, criterion=FitLosses(("l1", "mse")),
+                  balancer=balancer, monitor=monitor, backend="numba")  # fmt: skip
+    monitor.close()
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    marked = {r["step"]: r["discontinuity"] for r in records if "discontinuity" in r}
+    assert marked[10] == "pruned" and marked[60] == "pruned" and marked[70] == "relocated"
+    assert set(marked) == {s + 1 for s in range(9, 120, 10)}
+    assert [e for e in monitor.events if e["kind"] == "total_jump"] == []
+
+
 def test_short_runs_prune_at_once():
     target = load_image(None, 24)
     params = init_delaunay(target, 12)

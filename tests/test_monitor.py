@@ -140,6 +140,26 @@ def test_sudden_jump_in_the_total_warns_and_rearms() -> None:
     assert run(LossMonitor(), flat) == []
 
 
+def test_a_declared_discontinuity_is_not_a_jump() -> None:
+    """A step logged with ``discontinuity=`` (the caller changed the objective on purpose) is not
+    checked against the previous total and does not enter the history; the next real jump still
+    warns, and the record says why."""
+    seq = list(healthy_sequence(200, seed=1))
+    for t in (120, 160):
+        jumped = dict(seq[t][1])
+        jumped["total"] += 3.0
+        seq[t] = (t, jumped)
+    monitor = LossMonitor(warn=False)
+    records = [
+        monitor.log(stats, t, discontinuity="pruned" if t == 120 else None) for t, stats in seq
+    ]
+    assert kinds(monitor) == [(160, "total_jump", "")]
+    assert records[120]["discontinuity"] == "pruned" and records[120]["warnings"] == []
+    assert "discontinuity" not in records[121]
+    # the declared step's change did not inflate the typical change: 160 is still a jump
+    assert max(abs(c) for c in monitor._changes) < 3.0
+
+
 def test_uniform_image_warns_grey_square() -> None:
     monitor = LossMonitor(uniform_std=0.01)
 

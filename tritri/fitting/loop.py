@@ -393,8 +393,13 @@ def fit_triangles(
             background=background, backend=backend,
         )  # fmt: skip
 
+    # what the last move did ("pruned" / "relocated"), passed to the monitor with the next logged
+    # step so that the deliberate change of the total is not reported as a sudden jump
+    moved: str | None = None
+    changed: str | None = None
+
     def move(step: int, image: Tensor) -> None:
-        nonlocal live
+        nonlocal live, moved
         n_live = int(live.sum())
         cost = _triangle_costs(params, target, sigma)
         if step in prune_events:
@@ -406,9 +411,11 @@ def fit_triangles(
                 idx = torch.argsort(score, stable=True)[: n_live - goal]
                 live[idx] = False
                 params.opacity_logits.data[idx] = _DEAD_LOGIT
+                moved = "pruned"
                 for p in (params.verts, params.color_logits, params.opacity_logits):
                     _reset_rows(optimizer, p, idx)
         elif n_live == keep and reseed_fraction > 0:
+            moved = "relocated"
             if cost is None:
                 _reseed(params, optimizer, image, target, generator, reseed_fraction)
                 return
@@ -452,7 +459,9 @@ def fit_triangles(
                 for name, value in losses.items():
                     stats.setdefault(f"loss/{name}", float(value.detach().mean()))
                 if monitor is not None:
-                    record = monitor.log(stats, step, image=image.detach(), psnr=quality)
+                    record = monitor.log(stats, step, image=image.detach(), psnr=quality,
+                                         discontinuity=changed)  # fmt: skip
+                    changed = None
                     events_seen = getattr(monitor, "events", [])
                     for event in events_seen[n_events:]:
                         if on_warning is not None:
@@ -473,6 +482,8 @@ def fit_triangles(
                     )
             if progress is not None:
                 progress.update(1)
+            if moved is not None:  # the next logged step renders a deliberately changed scene
+                changed, moved = moved, None
         step = steps
     except KeyboardInterrupt:
         interrupted = True

@@ -75,7 +75,10 @@ class LossMonitor:
     * ``total_jump``: the total rose from the previous step by more than ``jump_factor`` times the
       median absolute step-to-step change over the last ``jump_window`` steps (after at least
       ``jump_min_history`` changes), and by more than ``jump_min`` and ``jump_rel·|previous|`` (so
-      float noise on a flat curve is not a jump). A non-finite total fires too.
+      float noise on a flat curve is not a jump). A non-finite total fires too. A step logged with
+      ``discontinuity=`` (the caller changed the objective on purpose since the previous log, e.g.
+      pruned or moved primitives) is not checked against the previous total, and its change does
+      not enter the history.
     * ``uniform_image`` (needs ``image=``): an image in the batch has collapsed to a uniform color —
       the grey-square failure — i.e. its spatial standard deviation, the largest over channels, is
       below ``uniform_std`` (images in [0, 1]; 0.01 is about 2.5/255).
@@ -155,6 +158,7 @@ class LossMonitor:
         *,
         image: Tensor | None = None,
         grad_norms: Mapping[str, float | Tensor] | None = None,
+        discontinuity: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         """Check one step and append its record; returns the record.
@@ -166,6 +170,9 @@ class LossMonitor:
                 check (one host sync); its minimum per-image std is recorded as ``image_std``.
             grad_norms: per-loss gradient norms (e.g. from :func:`per_loss_grad_norms`), recorded
                 as ``grad_norm/<name>``.
+            discontinuity: why the objective changed on purpose since the previous log (e.g.
+                ``"pruned"``); the jump check skips this step and the reason is recorded as
+                ``discontinuity``.
             extra: more JSON-serializable fields for the record (e.g. ``lr=...``, ``psnr=...``).
         """
         if not isinstance(stats, Mapping):
@@ -185,7 +192,7 @@ class LossMonitor:
         fired: list[str] = []
         self._check_logs(values, step, fired)
         self._check_regularization(values, step, fired)
-        self._check_jump(values, step, fired)
+        self._check_jump(values, step, fired, expected=discontinuity is not None)
         if image is not None:
             self._episode(
                 ("uniform_image", ""),
@@ -197,6 +204,8 @@ class LossMonitor:
             )
         record.update({k: _finite_or_none(v) for k, v in values.items()})
         record.update(extra)
+        if discontinuity is not None:
+            record["discontinuity"] = str(discontinuity)
         record["warnings"] = fired
         self._write(record)
         return record
@@ -299,7 +308,9 @@ class LossMonitor:
             fired,
         )
 
-    def _check_jump(self, values: Mapping[str, float], step: int, fired: list[str]) -> None:
+    def _check_jump(
+        self, values: Mapping[str, float], step: int, fired: list[str], expected: bool = False
+    ) -> None:
         if "total" not in values:
             return
         total = values["total"]
@@ -308,7 +319,7 @@ class LossMonitor:
         message = ""
         if not math.isfinite(total):
             condition, message = True, f"the total is {total}"
-        elif last is not None:
+        elif last is not None and not expected:
             change = total - last
             if len(self._changes) >= self.jump_min_history:
                 typical = statistics.median(abs(c) for c in self._changes)
