@@ -90,6 +90,20 @@ def test_raster_kernels_meet_their_budgets(check_rows):
     assert not over
 
 
+def test_backward_warps_follow_the_per_pixel_state():
+    """At the default tile 16 and one warp a thread holds 8 pixels, each with T, its stop
+    threshold, the remaining color and C gradient channels: (3 + C) * 8 registers. The launcher
+    doubles the warps when that passes the architecture's limit (48; 40 on sm_100-119, where
+    ptxas spills flat C = 3 at one warp), which is what keeps every default above spill-free."""
+    from tritri.kernels.raster_backward import backward_warps
+
+    assert [backward_warps(16, 1, c, 90) for c in (1, 3, 4)] == [1, 1, 2]
+    assert [backward_warps(16, 1, c, 100) for c in (1, 3, 4)] == [1, 2, 2]
+    assert [backward_warps(16, 1, c, 120) for c in (1, 3, 4)] == [1, 1, 2]
+    assert backward_warps(16, 2, 3, 90) == 2  # never fewer than asked
+    assert backward_warps(8, 1, 4, 90) == 1  # 2 pixels per thread: room enough
+
+
 def _res_usage(cubin: str) -> tuple[int, int]:
     """Registers and stack + local bytes, read with cuobjdump independently of kernel_cost."""
     text = subprocess.run([kernel_cost.tool_path("cuobjdump"), "-res-usage", cubin],

@@ -288,9 +288,10 @@ spilling, see ``tritri check``)."""
 def state_registers(arch: int | None) -> int:
     """Registers per thread the backward's per-pixel state may take (T, the stop threshold, the
     remaining color and the C incoming gradient channels, for each of a thread's pixels): 48, and
-    40 on sm_100 and newer, whose ptxas spills flat C = 3 inside the hot loop at 8 pixels per
-    thread (``tritri check --arch 100``)."""
-    return 40 if arch is not None and arch >= 100 else 48
+    40 on sm_100 up to sm_119, whose ptxas spills flat C = 3 (48-64 B) at 8 pixels per thread
+    (``tritri check --arch 100``); sm_120 fits them at 124-126 registers and takes ~67 instead
+    of ~79 instructions per pair there."""
+    return 40 if arch is not None and 100 <= arch < 120 else 48
 
 
 def backward_warps(tile: int, num_warps: int, channels: int, arch: int | None = None) -> int:
