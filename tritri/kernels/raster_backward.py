@@ -101,6 +101,7 @@ def _lane_sums(cols, LOG2: tl.constexpr):
     half to its partner and adds what it receives, so the sums of K columns cost 2**LOG2 - 1 +
     (5 - LOG2) shuffles instead of 5 K (one warp reduction per column).
     """
+    tl.static_assert((LOG2 >= 1) and (LOG2 <= 5), "a row holds 2 to 32 columns, one per lane")
     OFF: tl.constexpr = 1 << (LOG2 - 1)
     vals = ()
     for i in tl.static_range(OFF):
