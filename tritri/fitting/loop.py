@@ -393,36 +393,40 @@ def fit_triangles(
             background=background, backend=backend,
         )  # fmt: skip
 
-    # what the last move did ("pruned" / "relocated"), passed to the monitor with the next logged
-    # step so that the deliberate change of the total is not reported as a sudden jump
-    moved: str | None = None
-    changed: str | None = None
-
-    def move(step: int, image: Tensor) -> None:
-        nonlocal live, moved
+    def move(step: int, image: Tensor) -> str | None:
+        """Prune or relocate at event ``step``; returns what it did ("pruned" / "relocated"),
+        or None. The removal costs (a CPU render pass) are computed only when used."""
+        nonlocal live
         n_live = int(live.sum())
-        cost = _triangle_costs(params, target, sigma)
         if step in prune_events:
             i = prune_events.index(step)
             goal = round(M + (keep - M) * (i + 1) / len(prune_events))
-            if n_live > goal:
-                score = cost if cost is not None else params.opacity_logits.detach().clone()
-                score = torch.where(live, score, torch.inf)
-                idx = torch.argsort(score, stable=True)[: n_live - goal]
-                live[idx] = False
-                params.opacity_logits.data[idx] = _DEAD_LOGIT
-                moved = "pruned"
-                for p in (params.verts, params.color_logits, params.opacity_logits):
-                    _reset_rows(optimizer, p, idx)
-        elif n_live == keep and reseed_fraction > 0:
-            moved = "relocated"
-            if cost is None:
-                _reseed(params, optimizer, image, target, generator, reseed_fraction)
-                return
-            k = max(1, int(reseed_fraction * keep))
-            idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
-            perm = _respawn(params, optimizer, idx, image, target, generator, keep)
-            live = live[perm]
+            if n_live <= goal:
+                return None
+            cost = _triangle_costs(params, target, sigma)
+            score = cost if cost is not None else params.opacity_logits.detach().clone()
+            score = torch.where(live, score, torch.inf)
+            idx = torch.argsort(score, stable=True)[: n_live - goal]
+            live[idx] = False
+            params.opacity_logits.data[idx] = _DEAD_LOGIT
+            for p in (params.verts, params.color_logits, params.opacity_logits):
+                _reset_rows(optimizer, p, idx)
+            return "pruned"
+        if n_live != keep or reseed_fraction <= 0:
+            return None
+        cost = _triangle_costs(params, target, sigma)
+        if cost is None:
+            _reseed(params, optimizer, image, target, generator, reseed_fraction)
+            return "relocated"
+        k = max(1, int(reseed_fraction * keep))
+        idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
+        perm = _respawn(params, optimizer, idx, image, target, generator, keep)
+        live = live[perm]
+        return "relocated"
+
+    # what the last move did, passed to the monitor with the next logged step (which renders the
+    # deliberately changed scene) so that the change of the total is not taken for a sudden jump
+    changed: str | None = None
 
     history: list[dict[str, Any]] = []
     n_events = 0
@@ -450,8 +454,7 @@ def fit_triangles(
             if not bool(live.all()):
                 params.opacity_logits.data[~live] = _DEAD_LOGIT
             last = step == steps - 1
-            if step in events:
-                move(step, image.detach()[0])
+            moved = move(step, image.detach()[0]) if step in events else None
             if log_every and (step % log_every == 0 or last):
                 stats = dict(getattr(balancer, "stats", {}) or {})
                 if "total" not in stats:
@@ -482,8 +485,7 @@ def fit_triangles(
                     )
             if progress is not None:
                 progress.update(1)
-            if moved is not None:  # the next logged step renders a deliberately changed scene
-                changed, moved = moved, None
+            changed = moved or changed
         step = steps
     except KeyboardInterrupt:
         interrupted = True
