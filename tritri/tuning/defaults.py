@@ -20,12 +20,12 @@ same on sm_80 and sm_90 within a few percent, flat RGB colors)::
               tile 16, 4 warps   ~36,            48-56,      36-40
               tile  8, 1 warp    ~36,            48-53,      32
               tile 16, 1 warp    spills at the 64-register cap
-    backward  tile 16, 1 warp    ~76 instr/pair, 128 regs,   16 warps/SM   <- default
-              tile 16, 2 warps   ~98,            90-96,      20
-              tile  8, 1 warp    ~141,           64-67,      28-32
+    backward  tile 16, 1 warp    ~66 instr/pair, 128 regs,   16 warps/SM   <- default
+              tile 16, 2 warps   ~79,            90-96,      20
+              tile  8, 1 warp    ~103,           62-65,      28-32
 
-More pixels per thread spread each triangle's loads, plane setup and (backward) warp reductions
-over more pairs; the defaults are the leanest layouts that fit the register caps (64 forward,
+More pixels per thread spread each triangle's loads, plane setup and (backward) row sums over
+more pairs; the defaults are the leanest layouts that fit the register caps (64 forward,
 128 backward) without spilling. ``chunk`` does not change the code of the hot loop; 32 checks the
 early exit once per 32 triangles. Scan binning up to :data:`SCAN_MAX_TRIANGLES` triangles per
 image: culling costs about one instruction per triangle per thread (32 at a time, one per lane),
