@@ -101,8 +101,17 @@ def test_fit_imports_nothing_it_does_not_use(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def _write(path, content: str | bytes):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
 def _fit_error(tmp_path, capsys, *args: str) -> str:
-    argv = ["fit", "--size", "16", "-n", "4", "--steps", "1", "-q", "--backend", "torch"]
+    """The one-line error of a tiny ``tritri fit`` run with ``args`` that must fail (status 2)."""
+    argv = ["fit", "--size", "16", "--steps", "1", "-q", "--backend", "torch"]
     assert main([*argv, "--out", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -122,11 +131,7 @@ def _fit_error(tmp_path, capsys, *args: str) -> str:
     ids=["not-yaml", "list", "binary", "scalar", "wrong-shape"],
 )
 def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys, content, message):
-    path = tmp_path / "bad.yaml"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
+    path = _write(tmp_path / "bad.yaml", content)
     err = _fit_error(tmp_path, capsys, "--config", str(path))
     assert message in err and "--config" in err and "bad.yaml" in err
 
@@ -143,15 +148,8 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys, content, messa
     ids=["truncated", "binary", "wrong-fields", "not-an-object"],
 )  # fmt: skip
 def test_corrupt_init_json_is_one_line(tmp_path, capsys, content, message):
-    path = tmp_path / "bad.json"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
-    argv = ["fit", "--size", "16", "--steps", "1", "-q", "--backend", "torch"]
-    assert main([*argv, "--out", str(tmp_path / "run"), "--init", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    path = _write(tmp_path / "bad.json", content)
+    err = _fit_error(tmp_path, capsys, "--init", str(path))
     assert err.startswith("tritri fit: error: --init:") and message in err
     assert "bad.json" in err
 
