@@ -308,14 +308,6 @@ def _initial_params(args: argparse.Namespace, target):
     return params, str(path), params.n_triangles
 
 
-def _plot(metrics: Path, out: Path) -> Path | None:
-    from tritri.fitting.plot import save_loss_plot
-    from tritri.losses.plot import read_jsonl
-
-    records = read_jsonl(metrics) if metrics.is_file() else []
-    return save_loss_plot(records, out, title="tritri fit") if records else None
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``tritri fit`` with parsed ``args``; returns the exit status (0, 2 bad arguments, 130
     interrupted by Ctrl-C after writing the outputs)."""
@@ -336,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
     from tritri.fitting.loop import fit_triangles, psnr
     from tritri.fitting.objective import FitLosses
     from tritri.fitting.params import save_triangles_json
+    from tritri.fitting.plot import save_loss_plot
     from tritri.losses import LossMonitor
 
     device = _device(args.device)
@@ -464,7 +457,8 @@ def _run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     )
     files.append(metrics)
-    plot = _plot(metrics, out / "loss.png")
+    # the records just written to metrics.jsonl, kept by the loop: no need to read them back
+    plot = save_loss_plot(result.history, out / "loss.png", title="tritri fit")
     if plot is not None:
         files.append(plot)
     seconds = time.perf_counter() - t0
