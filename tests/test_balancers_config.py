@@ -81,6 +81,23 @@ def test_yaml_file_with_the_seed_layout(tmp_path: Path) -> None:
     assert build_balancer(str(path)).names == ("l1", "lpips")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("loss: {type: geometric_mean\n  bad: [", r"is not valid YAML \(.* at line 2, column"),
+        (b"\x89PNG\x00\xff\xfe", "cannot read .* as YAML text"),
+        ("- 1\n- 2\n", "must hold a mapping .*got list"),
+    ],
+    ids=["not-yaml", "binary", "list"],
+)
+def test_a_corrupt_yaml_file_is_a_one_line_error_naming_it(tmp_path: Path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        build_balancer(path)
+    assert "bad.yaml" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_staged_nests_a_balancer_config() -> None:
     bal = build_balancer(
         {

@@ -237,33 +237,16 @@ def _resolve_losses(args: argparse.Namespace, device) -> tuple[tuple[str, ...], 
     return names, weights, None
 
 
-def _read_config(path: str) -> dict:
-    """The balancer config in the YAML file ``path``; a one-line _UsageError naming it if it is
-    not YAML or not a mapping."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError) as err:
-        raise _UsageError(f"--config: cannot read {path!r} as YAML text ({err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise _UsageError(f"--config: {path!r} is not valid YAML ({problem}{where})") from None
-    if not isinstance(data, dict):
-        raise _UsageError(
-            f"--config: {path!r} must hold a mapping such as 'loss: {{type: geometric_mean}}', "
-            f"got {type(data).__name__}"
-        )
-    return data
-
-
 def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
     from tritri.losses import build_balancer
+    from tritri.losses.config import load_config
 
-    config_data = _read_config(args.config) if args.config is not None else None
+    config_data = None
+    if args.config is not None:
+        try:  # a file that is not YAML or not a mapping: one line naming it
+            config_data = load_config(args.config)
+        except (ValueError, FileNotFoundError) as err:
+            raise _UsageError(f"--config: {err}") from None
     try:
         if config_data is not None:
             return build_balancer(config_data, names=list(names))

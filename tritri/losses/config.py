@@ -74,14 +74,31 @@ _Loader.add_implicit_resolver(
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML file (``1e-8`` is a float) and return its top-level mapping."""
+    """Read a YAML file (``1e-8`` is a float) and return its top-level mapping.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not readable as text, not valid YAML (the message gives the line
+            and column) or does not hold a mapping -- one line naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"balancer config file not found: {str(path)!r}")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as YAML text ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{str(path)!r} is not valid YAML ({problem}{where})") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ValueError(
+            f"{str(path)!r} must hold a mapping such as 'loss: {{type: geometric_mean}}', got "
+            f"{type(data).__name__}"
+        )
     return dict(data)
 
 
