@@ -24,11 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tritri.thresholds import ALPHA_MIN, AREA2_MIN
-
-# Extra room (sigma units) added to the culling margin so float rounding never culls a pair that
-# the exact test would keep; culling too little only costs time.
-CULL_SLACK = 0.05
+from tritri.thresholds import ALPHA_MIN, AREA2_MIN, CULL_SLACK
 
 
 @dataclass

@@ -15,5 +15,8 @@ ALPHA_MAX = 0.99
 T_MIN = 1e-4
 #: Triangles with a doubled area (px²) below this are degenerate and contribute nothing.
 AREA2_MIN = 1e-6
+#: Extra room (sigma units) added to the culling margin so float rounding never culls a pair that
+#: the exact test would keep; culling too little only costs time.
+CULL_SLACK = 0.05
 
-__all__ = ["ALPHA_MAX", "ALPHA_MIN", "AREA2_MIN", "T_MIN"]
+__all__ = ["ALPHA_MAX", "ALPHA_MIN", "AREA2_MIN", "CULL_SLACK", "T_MIN"]

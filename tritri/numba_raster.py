@@ -1,0 +1,225 @@
+"""The compiled CPU rasterizer on numpy arrays: tile lists, threads, forward, backward (no torch).
+
+:mod:`tritri.numba_backend` wraps these for torch autograd (``backend="numba"``); the torch-free
+CPU fit (:mod:`tritri.fitting.cpu_fit`) calls them directly. The kernels are in
+:mod:`tritri.numba_kernels` (read its docstring for the array layouts); the per-triangle setup
+is :func:`tritri.geometry.prepare_triangles` (torch) or :mod:`tritri.numba_geometry`.
+
+- Binning: every (image, tile) gets the list of triangles that may touch it, in draw order (the
+  conservative box + separating-axis test of :func:`tritri.binning.overlaps`), built in two
+  passes (count, fill), parallel over tile rows.
+- Forward: parallel over (image, tile); a tile walks its list topmost first and, per triangle,
+  only the pixels of each row inside the triangle's conservative span, applying SPEC 2.1's exact
+  per-pixel rules (1/255 skip, 0.99 clamp, stop before T would fall below 1e-4).
+- Backward: replays the same walk front to back with the saved final color (the color still to
+  come after a pair is ``final - prefix``; no division to reconstruct T) and writes each
+  (tile, triangle) pair's gradient once to its own row; the rows are summed per triangle in list
+  order, so gradients are deterministic and race-free.
+
+Parallelism: the kernels are plain (serial, ``nogil``) numba functions over a range of work items;
+each call is cut into a few chunks per thread, which the calling thread and a small thread pool
+take from a shared counter. Compared with numba's ``parallel=True`` this compiles about twice as
+fast, and a thread that the OS puts to sleep (a busy machine) delays one chunk, not the call.
+
+numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), on the first
+call only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_TILE",
+    "TileLists",
+    "get_num_threads",
+    "numba_available",
+    "raster_backward",
+    "raster_forward",
+    "removal_stats",
+    "set_num_threads",
+]
+
+#: Tile side in pixels. The walk visits only each triangle's span per row, so tiles cost little;
+#: measured on a 2-core CPU at 171x256 with 256-1024 triangles (perf/test_perf_numba.py).
+DEFAULT_TILE = 16
+
+#: Chunks per thread of one kernel call (dynamic scheduling over uneven tiles).
+CHUNKS_PER_THREAD = 4
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_num_threads: int | None = None
+
+
+@lru_cache(maxsize=1)
+def numba_available() -> bool:
+    """Whether numba can be imported here (checked once, without compiling anything)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels() -> Any:
+    from tritri import numba_kernels
+
+    return numba_kernels
+
+
+def set_num_threads(threads: int | None) -> None:
+    """Threads of the CPU rasterizer (None: the default of :func:`get_num_threads`).
+
+    ``tritri fit`` runs torch's own small ops on one thread (on a busy machine torch's OpenMP
+    barriers stall on descheduled threads) and keeps this backend on all of them.
+    """
+    global _num_threads
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    _num_threads = threads
+
+
+def get_num_threads() -> int:
+    """Threads the CPU rasterizer uses now: as set, else ``torch.get_num_threads()`` when torch
+    is loaded (so ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` apply), else
+    ``OMP_NUM_THREADS`` or the CPUs this process may run on."""
+    if _num_threads is not None:
+        return _num_threads
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return max(1, torch.get_num_threads())
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tritri-numba")
+        return _pool
+
+
+def _parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
+    """Run ``kernel(*args, start, stop)`` over [0, n_items) in chunks (this thread + the pool)."""
+    threads = get_num_threads()
+    n_chunks = min(n_items, CHUNKS_PER_THREAD * threads) if threads > 1 else 1
+    if n_chunks <= 1:
+        if n_items > 0:
+            kernel(*args, 0, n_items)
+        return
+    bounds = np.linspace(0, n_items, n_chunks + 1).astype(np.int64).tolist()
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        while (i := next(counter)) < n_chunks:
+            kernel(*args, bounds[i], bounds[i + 1])
+
+    helpers = [_get_pool(threads - 1).submit(work) for _ in range(min(threads, n_chunks) - 1)]
+    work()
+    for future in helpers:
+        future.result()
+
+
+class TileLists:
+    """Per-(image, tile) triangle lists: ``start``, ``end`` (B * n_tiles,) and ``tri``
+    (n_pairs,), int64, from ``edges`` (B, N, 9) and ``cull`` (B, N, 5)."""
+
+    def __init__(self, edges: np.ndarray, cull: np.ndarray, height: int, width: int, tile: int):
+        k = _kernels()
+        B = edges.shape[0]
+        rows = B * ((height + tile - 1) // tile)
+        n_tiles = ((width + tile - 1) // tile) * ((height + tile - 1) // tile)
+        counts = np.empty(B * n_tiles, np.int64)
+        _parallel(k.bin_count, rows, edges, cull, height, width, tile, counts)
+        self.end = np.cumsum(counts)
+        self.start = self.end - counts
+        self.tri = np.empty(int(self.end[-1]) if counts.size else 0, np.int64)
+        _parallel(k.bin_fill, rows, edges, cull, height, width, tile, self.start, self.tri)
+        self.n_tiles = n_tiles
+        self.height, self.width, self.tile = height, width, tile
+
+
+def raster_forward(
+    edges: np.ndarray, bary: np.ndarray | None, colors: np.ndarray, opacity: np.ndarray,
+    cull: np.ndarray, height: int, width: int, tile: int = DEFAULT_TILE,
+) -> tuple[np.ndarray, np.ndarray, TileLists]:  # fmt: skip
+    """Color (B, C, H, W) without background, transmittance (B, H, W) (float32) and the lists.
+
+    ``edges``, ``bary`` (None: flat colors) (B, N, 9), ``colors`` (B, N, V, C), ``opacity``
+    (B, N), ``cull`` (B, N, 5): contiguous float32, as :mod:`tritri.numba_kernels` documents.
+    """
+    k = _kernels()
+    B = edges.shape[0]
+    C = colors.shape[-1]
+    lists = TileLists(edges, cull, height, width, tile)
+    color = np.empty((B, C, height, width), np.float32)
+    T = np.empty((B, height, width), np.float32)
+    _parallel(
+        k.raster_forward, B * lists.n_tiles,
+        edges, bary if bary is not None else edges, colors, opacity, cull, lists.start, lists.end,
+        lists.tri, height, width, tile, bary is not None, color, T,
+    )  # fmt: skip
+    return color, T, lists
+
+
+def raster_backward(
+    edges: np.ndarray, bary: np.ndarray | None, colors: np.ndarray, opacity: np.ndarray,
+    cull: np.ndarray, lists: TileLists, color: np.ndarray, T: np.ndarray,
+    grad_color: np.ndarray, grad_T: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Gradient sums (B, N, K) float32 of :func:`raster_forward`'s outputs, K = 19 + V * C:
+    ``[..., :9]`` edges, ``[..., 9]`` opacity, ``[..., 10:19]`` bary, ``[..., 19:]`` colors."""
+    k = _kernels()
+    B, N = edges.shape[:2]
+    V, C = colors.shape[-2:]
+    K = 19 + V * C
+    part = np.empty((lists.tri.size, K), np.float32)
+    _parallel(
+        k.raster_backward, B * lists.n_tiles,
+        edges, bary if bary is not None else edges, colors, opacity, cull, lists.start, lists.end,
+        lists.tri, lists.height, lists.width, lists.tile, bary is not None, color, T,
+        grad_color, grad_T, part,
+    )  # fmt: skip
+    return k.reduce_pairs(part, lists.tri, lists.start, lists.end, lists.n_tiles, B, N, K)
+
+
+def removal_stats(
+    edges: np.ndarray, colors: np.ndarray, opacity: np.ndarray, cull: np.ndarray,
+    height: int, width: int, background: np.ndarray, target: np.ndarray,
+    tile: int = DEFAULT_TILE,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """What each flat-colored triangle is worth to an image fit: ``(cost, weight)``, (B, N).
+
+    ``cost``: how much the sum over pixels and channels of the squared error against ``target``
+    (B, C, H, W) would grow if the triangle were removed (negative: the fit is better without it);
+    ``weight``: its visible weight, the sum over pixels of alpha times the transmittance in front
+    of it (0 for a triangle that is transparent, off-screen or hidden). ``background`` is (B, C).
+    """
+    k = _kernels()
+    B, N = edges.shape[:2]
+    color, T, lists = raster_forward(edges, None, colors, opacity, cull, height, width, tile)
+    part = np.empty((lists.tri.size, 2), np.float32)
+    _parallel(
+        k.removal_cost, B * lists.n_tiles,
+        edges, colors, opacity, cull, lists.start, lists.end, lists.tri, height, width, tile,
+        color, T, background, target, part,
+    )  # fmt: skip
+    sums = k.reduce_pairs(part, lists.tri, lists.start, lists.end, lists.n_tiles, B, N, 2)
+    return sums[..., 0], sums[..., 1]
