@@ -4,41 +4,44 @@
   :func:`init_random`, :func:`load_triangles_json`), :func:`save_triangles_json`;
 - :mod:`tritri.fitting.loop`: :func:`fit_triangles`, :func:`psnr`;
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
-- :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers.
+- :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers;
+- :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O.
+
+Names are imported on first use, so that the torch-free modules (``tritri.fitting.export``,
+``tritri.fitting.starts``) can be imported without importing torch.
 """
 
 from __future__ import annotations
 
-from tritri.fitting.export import (
-    load_image,
-    sample_image_path,
-    save_comparison,
-    save_png,
-    save_svg,
-)
-from tritri.fitting.loop import FitResult, fit_triangles, psnr
-from tritri.fitting.objective import FitLosses
-from tritri.fitting.params import (
-    TriangleParams,
-    init_delaunay,
-    init_random,
-    load_triangles_json,
-    save_triangles_json,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "FitLosses",
-    "FitResult",
-    "TriangleParams",
-    "fit_triangles",
-    "init_delaunay",
-    "init_random",
-    "load_image",
-    "load_triangles_json",
-    "psnr",
-    "sample_image_path",
-    "save_comparison",
-    "save_png",
-    "save_svg",
-    "save_triangles_json",
-]
+_EXPORTS = {
+    "FitLosses": "tritri.fitting.objective",
+    "FitResult": "tritri.fitting.loop",
+    "TriangleParams": "tritri.fitting.params",
+    "fit_triangles": "tritri.fitting.loop",
+    "init_delaunay": "tritri.fitting.params",
+    "init_random": "tritri.fitting.params",
+    "load_image": "tritri.fitting.export",
+    "load_triangles_json": "tritri.fitting.params",
+    "psnr": "tritri.fitting.loop",
+    "sample_image_path": "tritri.fitting.export",
+    "save_comparison": "tritri.fitting.export",
+    "save_png": "tritri.fitting.export",
+    "save_svg": "tritri.fitting.export",
+    "save_triangles_json": "tritri.fitting.params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tritri.fitting' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

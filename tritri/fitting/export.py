@@ -1,4 +1,8 @@
-"""Images in and out of a fit: load the target, write PNGs, the side-by-side comparison and SVG."""
+"""Images in and out of a fit: load the target, write PNGs, the side-by-side comparison and SVG.
+
+Torch-free at import: the writers take torch tensors or numpy arrays; only :func:`load_image`
+(which returns a tensor) imports torch.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,19 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "SAMPLE_IMAGE",
     "load_image",
+    "load_image_array",
     "sample_image_path",
     "save_comparison",
     "save_png",
@@ -32,8 +39,8 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("tritri") / "data" / SAMPLE_IMAGE))
 
 
-def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> Tensor:
-    """Read an image as a ``(3, H, W)`` float32 tensor in [0, 1].
+def load_image_array(path: str | os.PathLike[str] | None, size: int | None = None) -> np.ndarray:
+    """Read an image as a ``(3, H, W)`` float32 numpy array in [0, 1].
 
     Args:
         path: any format Pillow reads (EXIF orientation applied, alpha dropped, grey expanded
@@ -60,16 +67,32 @@ def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> 
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         if new != im.size:
             im = im.resize(new, Image.LANCZOS)
-    return torch.from_numpy(np.array(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    arr = np.array(im, dtype=np.float32) / 255.0  # (H, W, 3)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def to_uint8(image: Tensor) -> np.ndarray:
-    """``(3, H, W)`` tensor in [0, 1] -> ``(H, W, 3)`` uint8 array."""
-    arr = image.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy()
-    return (arr * 255.0 + 0.5).astype(np.uint8)
+def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> Tensor:
+    """Read an image as a ``(3, H, W)`` float32 tensor in [0, 1] (:func:`load_image_array` as a
+    CPU tensor; same arguments and errors)."""
+    import torch
+
+    return torch.from_numpy(load_image_array(path, size))
 
 
-def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
+def _as_array(x: Any) -> np.ndarray:
+    """A torch tensor (any device, with or without grad) or array-like as a float32 numpy array."""
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` tensor or array in [0, 1] -> ``(H, W, 3)`` uint8 array."""
+    arr = np.clip(_as_array(image), 0.0, 1.0).transpose(1, 2, 0)
+    return (arr * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+def save_png(image: Tensor | np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a ``(3, H, W)`` image in [0, 1] as PNG."""
     path = Path(path)
     Image.fromarray(to_uint8(image)).save(path)
@@ -77,7 +100,10 @@ def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
 
 
 def save_comparison(
-    target: Tensor, fit: Tensor, path: str | os.PathLike[str], gap: int = 4
+    target: Tensor | np.ndarray,
+    fit: Tensor | np.ndarray,
+    path: str | os.PathLike[str],
+    gap: int = 4,
 ) -> Path:
     """Write ``target | fit`` side by side (white ``gap`` pixels between them) as PNG."""
     a, b = to_uint8(target), to_uint8(fit)
@@ -159,7 +185,7 @@ def save_svg(
     """
 
     def arr(x: np.ndarray | Tensor) -> np.ndarray:
-        if isinstance(x, Tensor):
+        if hasattr(x, "detach"):  # a torch tensor
             x = x.detach().cpu().numpy()
         return np.asarray(x, dtype=np.float64)
 

@@ -16,6 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tritri.fitting.loss_names import (
+    FULL_LOSSES,
+    LOSS_NAMES,
+    PIXEL_LOSSES,
+    VGG_LOSSES,
+    parse_losses,
+)
+
 __all__ = [
     "FULL_LOSSES",
     "LOSS_NAMES",
@@ -24,26 +32,6 @@ __all__ = [
     "cached_vgg_weights",
     "parse_losses",
 ]
-
-PIXEL_LOSSES = ("l1", "mse")
-VGG_LOSSES = ("perceptual", "lpips")
-LOSS_NAMES = PIXEL_LOSSES + VGG_LOSSES
-#: The full objective (``--losses auto`` on a GPU when the VGG16 weights are at hand).
-FULL_LOSSES = ("l1", "mse", "perceptual", "lpips")
-
-
-def parse_losses(text: str) -> tuple[str, ...]:
-    """``"l1,lpips"`` -> ``("l1", "lpips")``; ValueError naming the valid names otherwise."""
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    bad = [n for n in names if n not in LOSS_NAMES]
-    if not names or bad:
-        raise ValueError(
-            f"--losses: unknown loss {', '.join(bad) or repr(text)}; choose from "
-            f"{','.join(LOSS_NAMES)} (comma-separated) or auto"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--losses: {text!r} names a loss twice")
-    return names
 
 
 def cached_vgg_weights() -> Path | None:

@@ -17,11 +17,12 @@ device-to-host sync per call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from tritri.losses.checks import check_finite
 
 __all__ = [
     "Balancer",
@@ -242,22 +243,6 @@ class Balancer(nn.Module):
                 stats[f"{prefix}/{name}"] = float(v)
             i += n
         self.stats = stats
-
-
-def check_finite(
-    value: float, argument: str, *, positive: bool = False, nonneg: bool = False
-) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{argument} must be a number, got {type(value).__name__} {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{argument} must be finite, got {value!r}")
-    if positive and out <= 0:
-        raise ValueError(f"{argument} must be > 0, got {value!r}")
-    if nonneg and out < 0:
-        raise ValueError(f"{argument} must be >= 0, got {value!r}")
-    return out
 
 
 def check_timing(by: str) -> str:

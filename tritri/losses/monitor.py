@@ -1,4 +1,8 @@
-"""Training monitor: JSON-lines log of the balancer's stats and the seeds' warning signs."""
+"""Training monitor: JSON-lines log of the balancer's stats and the seeds' warning signs.
+
+Torch-free at import (the numpy fit loop uses it): tensors are recognised only once torch is
+loaded, and :func:`per_loss_grad_norms` imports torch when called.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,21 @@ import json
 import math
 import os
 import statistics
+import sys
 import warnings
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from torch import Tensor
+import numpy as np
 
-from tritri.losses.base import Shared, check_finite, per_loss_gradients
+from tritri.losses.checks import check_finite
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from tritri.losses.base import Shared
 
 __all__ = ["LossMonitor", "TritriLossWarning", "per_loss_grad_norms"]
 
@@ -30,10 +40,19 @@ def per_loss_grad_norms(losses: Mapping[str, Tensor], shared: Shared) -> dict[st
     this can run between the forward pass and ``total.backward()``. It costs one backward pass per
     loss down to ``shared`` (the rendered image keeps that cheap) and one host sync.
     """
+    from tritri.losses.base import per_loss_gradients
+
     names = list(losses)
     values = [v.mean() if v.dim() else v for v in losses.values()]
     norms = per_loss_gradients(values, names, shared).norm(dim=1).cpu().tolist()
     return dict(zip(names, (float(n) for n in norms), strict=True))
+
+
+def _is_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch (if torch is not loaded,
+    nothing is a tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -156,7 +175,8 @@ class LossMonitor:
         stats: Mapping[str, float],
         step: int | None = None,
         *,
-        image: Tensor | None = None,
+        image: Tensor | np.ndarray | None = None,
+        image_std: float | None = None,
         grad_norms: Mapping[str, float | Tensor] | None = None,
         discontinuity: str | None = None,
         **extra: Any,
@@ -166,8 +186,11 @@ class LossMonitor:
         Args:
             stats: a balancer's ``stats`` (plain floats; tensors are converted).
             step: the step number (default: the number of previous calls).
-            image: the rendered image, ``(B, C, H, W)`` or ``(C, H, W)``, for the uniform-color
-                check (one host sync); its minimum per-image std is recorded as ``image_std``.
+            image: the rendered image, ``(B, C, H, W)`` or ``(C, H, W)``, a tensor (one host sync)
+                or a numpy array, for the uniform-color check; its minimum per-image std is
+                recorded as ``image_std``.
+            image_std: that std computed by the caller, instead of ``image`` (e.g. from sums the
+                caller's step already gathers).
             grad_norms: per-loss gradient norms (e.g. from :func:`per_loss_grad_norms`), recorded
                 as ``grad_norm/<name>``.
             discontinuity: why the objective changed on purpose since the previous log (e.g.
@@ -182,18 +205,18 @@ class LossMonitor:
         record: dict[str, Any] = {"step": step}
         values: dict[str, float] = {}
         for key, value in stats.items():
-            values[str(key)] = float(value.item() if isinstance(value, Tensor) else value)
+            values[str(key)] = float(value.item() if _is_tensor(value) else value)
         for name, value in (grad_norms or {}).items():
-            values[f"grad_norm/{name}"] = float(
-                value.item() if isinstance(value, Tensor) else value
-            )
-        if image is not None:
+            values[f"grad_norm/{name}"] = float(value.item() if _is_tensor(value) else value)
+        if image_std is not None:
+            values["image_std"] = float(image_std)
+        elif image is not None:
             values["image_std"] = self._image_std(image)
         fired: list[str] = []
         self._check_logs(values, step, fired)
         self._check_regularization(values, step, fired)
         self._check_jump(values, step, fired, expected=discontinuity is not None)
-        if image is not None:
+        if "image_std" in values:
             self._episode(
                 ("uniform_image", ""),
                 values["image_std"] < self.uniform_std,
@@ -220,15 +243,24 @@ class LossMonitor:
         self._file.flush()
 
     @staticmethod
-    def _image_std(image: Tensor) -> float:
-        if not isinstance(image, Tensor) or image.dim() not in (3, 4):
-            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"image must be a (B, C, H, W) or (C, H, W) tensor, got {shape}")
-        img = image.detach()
-        if img.dim() == 3:
-            img = img.unsqueeze(0)
-        flat = img.float().flatten(2)  # (B, C, H*W)
-        per_image = flat.std(dim=2, unbiased=False).amax(dim=1)  # (B,)
+    def _image_std(image: Tensor | np.ndarray) -> float:
+        """The smallest over the batch of the largest over channels of the spatial (population)
+        standard deviation."""
+        tensor = _is_tensor(image)
+        known = tensor or isinstance(image, np.ndarray)
+        if not known or image.ndim not in (3, 4):
+            got = tuple(image.shape) if known else type(image).__name__
+            raise ValueError(f"image must be a (B, C, H, W) or (C, H, W) tensor, got {got}")
+        if tensor:
+            img = image.detach()
+            if img.dim() == 3:
+                img = img.unsqueeze(0)
+            flat = img.float().flatten(2)  # (B, C, H*W)
+            per_image = flat.std(dim=2, unbiased=False).amax(dim=1)  # (B,)
+            return float(per_image.min())
+        img = image if image.ndim == 4 else image[None]
+        flat = img.reshape(img.shape[0], img.shape[1], -1)  # (B, C, H*W)
+        per_image = flat.std(axis=2, dtype=np.float64).max(axis=1)  # (B,)
         return float(per_image.min())
 
     # -- checks ---------------------------------------------------------------------------------

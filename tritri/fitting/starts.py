@@ -1,0 +1,258 @@
+"""The starts of a fit and the ``triangles.json`` I/O in numpy (no torch).
+
+A fit's triangles travel as a dict of numpy arrays, the *values*::
+
+    {"verts": (N, 3, 2) normalized positions, "colors": (N, 3), "opacity": (N,),
+     "background": (3,)}
+
+with colors, opacities and the background in [0, 1] and index order = draw order (triangle
+``N - 1`` on top). :mod:`tritri.fitting.params` wraps these functions for
+:class:`~tritri.fitting.params.TriangleParams`; the torch-free fit loop calls them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "JSON_FORMAT",
+    "JSON_VERSION",
+    "VALUE_KEYS",
+    "check_triangle_shapes",
+    "delaunay_start",
+    "logit",
+    "random_start",
+    "read_triangles_json",
+    "sigmoid",
+    "write_triangles_json",
+]
+
+#: ``format`` field of a ``triangles.json``.
+JSON_FORMAT = "tritri-triangles"
+JSON_VERSION = 1
+
+#: The keys of a values dict, in the order :class:`TriangleParams` takes them.
+VALUE_KEYS = ("verts", "colors", "opacity", "background")
+
+LOGIT_EPS = 1e-3  # values are clamped to [LOGIT_EPS, 1 - LOGIT_EPS] before taking logits
+
+
+def logit(x: np.ndarray) -> np.ndarray:
+    """``log(x / (1 - x))`` with ``x`` clamped to ``[1e-3, 1 - 1e-3]`` (like the torch params)."""
+    x = np.clip(np.asarray(x), LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(x) - np.log1p(-x)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))``, without overflow for large ``|x|``; keeps a float dtype."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    e = np.exp(-np.abs(x))  # in (0, 1]
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def _as_array(x: Any, dtype: type = np.float32) -> np.ndarray:
+    """A torch tensor (any device, with or without grad) or array-like as a numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        x = (x.double() if dtype == np.float64 else x.float()).numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _image(target: Any) -> np.ndarray:
+    img = _as_array(target)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"target must be a (3, H, W) image, got {tuple(img.shape)}")
+    return img
+
+
+def _background(img: np.ndarray) -> np.ndarray:
+    return img.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+def check_triangle_shapes(
+    verts: tuple[int, ...],
+    colors: tuple[int, ...],
+    opacity: tuple[int, ...],
+    background: tuple[int, ...],
+) -> int:
+    """Check the shapes of a values dict (``(N, 3, 2)``, ``(N, 3)``, ``(N,)``, ``(3,)``); returns
+    ``N``. Raises ``ValueError`` naming the first wrong one."""
+    verts, colors = tuple(verts), tuple(colors)
+    opacity, background = tuple(opacity), tuple(background)
+    n = verts[0] if len(verts) == 3 else -1
+    if len(verts) != 3 or verts[1:] != (3, 2):
+        raise ValueError(f"verts must be (N, 3, 2), got {verts}")
+    if colors != (n, 3):
+        raise ValueError(f"colors must be ({n}, 3), got {colors}")
+    if opacity != (n,):
+        raise ValueError(f"opacity must be ({n},), got {opacity}")
+    if background != (3,):
+        raise ValueError(f"background must be (3,), got {background}")
+    return int(n)
+
+
+def random_start(
+    target: np.ndarray, n_triangles: int, *, seed: int = 0, size: float = 0.12
+) -> dict[str, np.ndarray]:
+    """Random triangles: centers uniform over the image, vertices within ``size`` (normalized) of
+    them, colors read from the target at the centers, opacity 0.5, background the target's mean.
+
+    ``target`` is ``(3, H, W)`` in [0, 1]. Returns float32 values (see the module docstring).
+    """
+    if n_triangles < 1:
+        raise ValueError(f"n_triangles must be >= 1, got {n_triangles}")
+    img = _image(target)
+    _, H, W = img.shape
+    rng = np.random.default_rng(seed)
+    centers = rng.random((n_triangles, 1, 2))
+    angles = rng.random((n_triangles, 1)) * (2 * math.pi)
+    angles = angles + np.array([0.0, 2.0, 4.0]) * (math.pi / 3)
+    radius = size * (0.5 + rng.random((n_triangles, 3)))
+    offsets = np.stack([np.cos(angles), np.sin(angles)], axis=-1) * radius[..., None]
+    verts = centers + offsets
+    cx = np.clip((centers[:, 0, 0] * W).astype(np.int64), 0, W - 1)
+    cy = np.clip((centers[:, 0, 1] * H).astype(np.int64), 0, H - 1)
+    return {
+        "verts": verts.astype(np.float32),
+        "colors": np.ascontiguousarray(img[:, cy, cx].T),
+        "opacity": np.full(n_triangles, 0.5, dtype=np.float32),
+        "background": _background(img),
+    }
+
+
+def delaunay_start(
+    target: np.ndarray,
+    n_triangles: int,
+    *,
+    seed: int = 0,
+    opacity: float = 0.95,
+    grow_px: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """Start from the Delaunay mosaic (:func:`tritri.mosaic.delaunay_mosaic`) of ``target``.
+
+    Each triangle gets its mosaic color and ``opacity``; its edges are pushed outwards by
+    ``grow_px`` pixels (at most half its inradius) so that neighbours overlap a little and the soft
+    edges do not let the background show through the seams. Larger triangles are drawn first (at
+    the bottom). If degenerate sampling gave fewer triangles than asked for, random ones
+    (:func:`random_start` with ``seed + 1``, size 0.02, opacity 0.05) fill up on top.
+
+    ``target`` is ``(3, H, W)`` in [0, 1]. Returns float32 values (see the module docstring).
+    """
+    from tritri.mosaic import delaunay_mosaic
+
+    img = _image(target)
+    _, H, W = img.shape
+    mosaic = delaunay_mosaic(img.transpose(1, 2, 0), n_triangles, seed=seed)
+    v = np.asarray(mosaic.verts, dtype=np.float64)  # (M, 3, 2) pixels
+    colors = np.asarray(mosaic.colors, dtype=np.float64)
+    # Grow each triangle about its incenter: moving every edge out by d scales by (r + d) / r.
+    a = np.linalg.norm(v[:, 1] - v[:, 2], axis=-1)
+    b = np.linalg.norm(v[:, 2] - v[:, 0], axis=-1)
+    c = np.linalg.norm(v[:, 0] - v[:, 1], axis=-1)
+    perim = np.maximum(a + b + c, 1e-9)
+    incenter = (a[:, None] * v[:, 0] + b[:, None] * v[:, 1] + c[:, None] * v[:, 2]) / perim[:, None]
+    d0, d1 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
+    area = 0.5 * np.abs(d0[:, 0] * d1[:, 1] - d0[:, 1] * d1[:, 0])
+    inradius = np.maximum(2 * area / perim, 1e-9)
+    grow = np.minimum(float(grow_px), 0.5 * inradius)
+    v = incenter[:, None] + (v - incenter[:, None]) * ((inradius + grow) / inradius)[:, None, None]
+    order = np.argsort(-area, kind="stable")  # largest first; ties keep their order
+    v, colors = v[order], colors[order]
+    verts = (v / np.array([W, H], dtype=np.float64)).astype(np.float32)
+    colors = colors.astype(np.float32)
+    n = verts.shape[0]
+    alpha = np.full(n, float(opacity), dtype=np.float32)
+    if n < n_triangles:
+        extra = random_start(img, n_triangles - n, seed=seed + 1, size=0.02)
+        verts = np.concatenate([verts, extra["verts"]])
+        colors = np.concatenate([colors, extra["colors"]])
+        alpha = np.concatenate([alpha, np.full(n_triangles - n, 0.05, dtype=np.float32)])
+    elif n > n_triangles:
+        verts, colors, alpha = verts[:n_triangles], colors[:n_triangles], alpha[:n_triangles]
+    return {"verts": verts, "colors": colors, "opacity": alpha, "background": _background(img)}
+
+
+def write_triangles_json(
+    values: Mapping[str, Any], path: str | os.PathLike[str], *, width: int, height: int,
+    sigma: float, extra: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """Write the triangles ``values`` (see the module docstring) to ``path``.
+
+    Layout: ``{"format": "tritri-triangles", "version": 1, "width", "height", "sigma",
+    "n_triangles", "background": [r, g, b], "verts": [[[x, y] x 3] x N], "colors": [[r, g, b] x N],
+    "opacity": [N floats], ...extra}``; numbers rounded to 6 decimals, positions normalized ([0, 1]
+    spans the image; multiply by width / height for pixels), colors and opacities in [0, 1], index
+    order = draw order. :func:`read_triangles_json` reads it back.
+    """
+    vals = {k: _as_array(values[k], np.float64) for k in VALUE_KEYS}
+    n = check_triangle_shapes(*(vals[k].shape for k in VALUE_KEYS))
+    data: dict[str, Any] = {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "width": int(width),
+        "height": int(height),
+        "sigma": float(sigma),
+        "n_triangles": n,
+        "background": [round(float(x), 6) for x in vals["background"]],
+        "verts": np.round(vals["verts"], 6).tolist(),
+        "colors": np.round(vals["colors"], 6).tolist(),
+        "opacity": np.round(vals["opacity"], 6).tolist(),
+    }
+    if extra:
+        data.update(extra)
+    path = Path(path)
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
+    return path
+
+
+def _numbers(value: Any) -> np.ndarray:
+    """A JSON array of numbers as float32 (TypeError for anything but numbers and booleans)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"expected numbers, got {arr.dtype} values")
+    return arr.astype(np.float32)
+
+
+def read_triangles_json(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a ``triangles.json`` written by :func:`write_triangles_json`.
+
+    Returns the values (float32 arrays, see the module docstring) and the file's other fields
+    (format, version, width, height, sigma, ...). Raises ``ValueError`` with the reason, in one
+    line, when the file is not such a file.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err.msg}, line {err.lineno})") from err
+    if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
+        raise ValueError(f"{path} is not a tritri triangles.json (no 'format': '{JSON_FORMAT}')")
+    if data.get("version") != JSON_VERSION:
+        raise ValueError(f"{path}: unsupported version {data.get('version')!r}")
+    try:
+        values = {
+            "verts": _numbers(data["verts"]).reshape(-1, 3, 2),
+            "colors": _numbers(data["colors"]).reshape(-1, 3),
+            "opacity": _numbers(data["opacity"]).reshape(-1),
+            "background": _numbers(data["background"]).reshape(3),
+        }
+        n = check_triangle_shapes(*(values[k].shape for k in VALUE_KEYS))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: malformed triangles ({type(err).__name__}: {err})") from err
+    if n == 0:
+        raise ValueError(f"{path} holds no triangles")
+    meta = {k: v for k, v in data.items() if k not in VALUE_KEYS}
+    return values, meta
