@@ -17,12 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import tritri
 from tritri.fitting.params import TriangleParams
+from tritri.fitting.schedule import lr_factor, move_steps, respawn_placement
 
 __all__ = ["FitResult", "fit_triangles", "psnr"]
 
@@ -82,15 +84,6 @@ class _Sum(nn.Module):
             **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
         }
         return total
-
-
-def _lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
-    """Cosine decay from 1 to ``final`` over ``steps``, after a linear warm-up over the first
-    ``warmup`` fraction of the steps."""
-    t = min(1.0, step / max(1, steps - 1))
-    factor = final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
-    ramp = max(1, int(warmup * steps))
-    return factor * min(1.0, (step + 1) / ramp)
 
 
 class _Adam:
@@ -160,36 +153,29 @@ def _respawn(
     idx: Tensor,
     image: Tensor,
     target: Tensor,
-    generator: torch.Generator,
+    rng: np.random.Generator,
     n_live: int,
 ) -> Tensor:
     """Move the triangles ``idx`` on top of the draw order, to where the error is largest.
 
-    Each goes to a pixel drawn in proportion to the (5 x 5 box-blurred) squared error, as a
-    triangle of radius ``0.5 / sqrt(n_live)`` (normalized) in the blurred target's color, opacity
-    0.5, with fresh Adam state; the others keep their order and state. Returns the permutation
+    Each goes where :func:`tritri.fitting.schedule.respawn_placement` puts it, with opacity 0.5
+    and fresh Adam state; the others keep their order and state. Returns the permutation
     applied (new position -> old index), for callers that keep per-triangle data.
     """
     verts = params.verts
     N = params.n_triangles
     device = verts.device
-    _, H, W = target.shape
     k = idx.numel()
     perm = torch.arange(N, device=device)
     if k == 0:
         return perm
-    err = (image - target).square().sum(0, keepdim=True)[None]
-    err = F.avg_pool2d(err, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
-    flat = err.flatten().clamp(min=0).cpu().double() + 1e-12
-    pick = torch.multinomial(flat, k, replacement=False, generator=generator).to(device)
-    cy, cx = pick // W, pick % W
-    center = torch.stack([(cx + 0.5) / W, (cy + 0.5) / H], dim=-1).to(verts.dtype)
-    radius = 0.5 * math.sqrt(1.0 / max(1, n_live))
-    angle = torch.rand(k, 1, generator=generator).to(device) * 2 * math.pi
-    angle = angle + torch.tensor([0.0, 2.0, 4.0], device=device) * math.pi / 3
-    new_verts = center[:, None] + radius * torch.stack([angle.cos(), angle.sin()], dim=-1)
-    blurred = F.avg_pool2d(target[None], 5, stride=1, padding=2, count_include_pad=False)[0]
-    new_colors = blurred[:, cy, cx].T.clamp(1e-3, 1 - 1e-3)
+    new_verts, new_colors = (
+        torch.from_numpy(x).to(device)
+        for x in respawn_placement(
+            image.detach().float().cpu().numpy(), target.detach().float().cpu().numpy(), k,
+            n_live, rng,
+        )
+    )  # fmt: skip
     keep = torch.ones(N, dtype=torch.bool, device=device)
     keep[idx] = False
     perm = torch.cat([keep.nonzero().flatten(), idx])  # respawned ones on top
@@ -213,7 +199,7 @@ def _reseed(
     optimizer: Any,
     image: Tensor,
     target: Tensor,
-    generator: torch.Generator,
+    rng: np.random.Generator,
     max_fraction: float,
 ) -> int:
     """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
@@ -233,7 +219,7 @@ def _reseed(
     offscreen = (hi < 0).any(dim=1) | (lo > 1).any(dim=1)
     dead = (opacity < 0.02) | (area < 0.5) | offscreen
     idx = dead.nonzero().flatten()[: max(1, int(max_fraction * N))]
-    _respawn(params, optimizer, idx, image, target, generator, N)
+    _respawn(params, optimizer, idx, image, target, rng, N)
     return int(idx.numel())
 
 
@@ -374,17 +360,12 @@ def fit_triangles(
     for g in groups:
         g["initial_lr"] = g["lr"]
     optimizer = _Adam(groups)
-    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     live = torch.ones(M, dtype=torch.bool, device=device)
-    events = [
-        s
-        for s in range(steps)
-        if reseed_every and s % reseed_every == reseed_every - 1 and s < reseed_until * steps
-    ]
-    prune_events = [s for s in events if prune_from * steps <= s < prune_until * steps]
-    if keep < M and not prune_events:  # too short a run for the schedule: prune at once
-        prune_events = [0] if steps else []
-        events = sorted(set(events) | {0}) if steps else events
+    events, prune_events = move_steps(
+        steps, every=reseed_every, until=reseed_until, prune_from=prune_from,
+        prune_until=prune_until, prune=keep < M,
+    )  # fmt: skip
 
     def render() -> Tensor:
         verts, colors, opacity, background = params()
@@ -416,11 +397,11 @@ def fit_triangles(
             return None
         cost = _triangle_costs(params, target, sigma)
         if cost is None:
-            _reseed(params, optimizer, image, target, generator, reseed_fraction)
+            _reseed(params, optimizer, image, target, rng, reseed_fraction)
             return "relocated"
         k = max(1, int(reseed_fraction * keep))
         idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
-        perm = _respawn(params, optimizer, idx, image, target, generator, keep)
+        perm = _respawn(params, optimizer, idx, image, target, rng, keep)
         live = live[perm]
         return "relocated"
 
@@ -436,7 +417,7 @@ def fit_triangles(
     start = time.perf_counter()
     try:
         for step in range(steps):
-            factor = _lr_factor(step, steps, lr_final, warmup)
+            factor = lr_factor(step, steps, lr_final, warmup)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             image = render()

@@ -1,0 +1,84 @@
+"""What both fit loops share (torch-free): the learning-rate schedule, the steps at which
+triangles are pruned or relocated, and where a relocated triangle goes.
+
+Used by :func:`tritri.fitting.loop.fit_triangles` (torch, any device) and
+:func:`tritri.fitting.cpu_fit.fit_triangles_cpu` (numpy + numba), so that the two make the same
+moves at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["box_blur", "lr_factor", "move_steps", "respawn_placement"]
+
+
+def lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
+    """Cosine decay from 1 to ``final`` over ``steps``, after a linear warm-up over the first
+    ``warmup`` fraction of the steps."""
+    t = min(1.0, step / max(1, steps - 1))
+    factor = final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+    ramp = max(1, int(warmup * steps))
+    return factor * min(1.0, (step + 1) / ramp)
+
+
+def move_steps(
+    steps: int, *, every: int, until: float, prune_from: float, prune_until: float, prune: bool
+) -> tuple[list[int], list[int]]:
+    """``(events, prune_events)``: the steps after which triangles are pruned or relocated (every
+    ``every`` steps before ``until`` of the run; 0 = never) and those of them that prune (between
+    ``prune_from`` and ``prune_until``). With ``prune`` and no pruning step in that window (a short
+    run), the fit prunes at once, after step 0."""
+    events = [s for s in range(steps) if every and s % every == every - 1 and s < until * steps]
+    prune_events = [s for s in events if prune_from * steps <= s < prune_until * steps]
+    if prune and not prune_events and steps:
+        prune_events = [0]
+        events = sorted(set(events) | {0})
+    return events, prune_events
+
+
+def box_blur(image: np.ndarray, size: int = 5) -> np.ndarray:
+    """Mean over the ``size`` x ``size`` window around each pixel of ``(C, H, W)``, counting only
+    the pixels inside the image (``avg_pool2d(..., count_include_pad=False)``); float64."""
+    r = size // 2
+    out = np.asarray(image, np.float64)
+    for axis in (1, 2):  # separable: a running sum along each axis, divided by the pixels in it
+        n = out.shape[axis]
+        pad = [(0, 0)] * 3
+        pad[axis] = (r + 1, r)
+        run = np.cumsum(np.pad(out, pad), axis=axis)
+        hi = np.take(run, np.arange(n) + 2 * r + 1, axis=axis)
+        lo = np.take(run, np.arange(n), axis=axis)
+        idx = np.arange(n)
+        count = np.minimum(idx + r, n - 1) - np.maximum(idx - r, 0) + 1
+        shape = [1, 1, 1]
+        shape[axis] = n
+        out = (hi - lo) / count.reshape(shape)
+    return out
+
+
+def respawn_placement(
+    image: np.ndarray, target: np.ndarray, k: int, n_live: int, rng: np.random.Generator,
+    blurred_target: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """New vertices ``(k, 3, 2)`` (normalized) and colors ``(k, 3)`` for ``k`` relocated triangles.
+
+    Each goes to a distinct pixel drawn in proportion to the (5 x 5 box-blurred) squared error of
+    ``image`` against ``target`` (both ``(3, H, W)``), as an equilateral triangle of radius
+    ``0.5 / sqrt(n_live)`` (normalized) in the blurred target's color there
+    (``blurred_target``: ``box_blur(target)``, if the caller keeps it).
+    """
+    _, H, W = target.shape
+    err = box_blur(np.square(image - target).sum(0, keepdims=True))[0]
+    weight = np.clip(err.ravel(), 0.0, None) + 1e-12
+    pick = rng.choice(H * W, size=k, replace=False, p=weight / weight.sum())
+    cy, cx = pick // W, pick % W
+    center = np.stack([(cx + 0.5) / W, (cy + 0.5) / H], axis=-1)
+    radius = 0.5 * math.sqrt(1.0 / max(1, n_live))
+    angle = rng.random((k, 1)) * 2 * math.pi + np.array([0.0, 2.0, 4.0]) * math.pi / 3
+    verts = center[:, None] + radius * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+    blurred = box_blur(target) if blurred_target is None else blurred_target
+    colors = np.clip(blurred[:, cy, cx].T, 1e-3, 1 - 1e-3)
+    return verts.astype(np.float32), colors.astype(np.float32)
