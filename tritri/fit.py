@@ -19,6 +19,12 @@ VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptua
 VGG losses in ``--losses`` fetches torchvision's weights (once) when they are not cached. They are
 balanced by the geometric mean of the losses unless ``--balancer`` / ``--config`` says otherwise.
 
+Two loops run it. On a CPU with the default objective (pixel losses, geometric mean, the numba
+rasterizer) it is :func:`tritri.fitting.cpu_fit.fit_triangles_cpu`, numpy and numba only: torch
+is never imported (its import alone takes 2-3 s on a 2-core machine, more than a small fit).
+Anything else -- a GPU, VGG losses, another balancer or backend -- runs the torch loop
+(:func:`tritri.fitting.fit_triangles`). Both make the same moves at the same steps.
+
 The outputs hold the triangles of the step with the best PSNR (normally the last; ``--last``
 forces the last). ``--init triangles.json`` continues a fit, with the learning rates warmed up
 over the first 10 % of the steps so that Adam's fresh moments do not shake a converged fit loose.
@@ -33,6 +39,7 @@ import os
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -201,10 +208,12 @@ def _check(args: argparse.Namespace) -> None:
         raise _UsageError(f"--config: no such file: {args.config!r}")
 
 
-def _resolve_losses(args: argparse.Namespace, device) -> tuple[tuple[str, ...], Any, str | None]:
-    """The loss names, the VGG weights to build them with, and a note for the user (or None)."""
-    from tritri.fitting.objective import FULL_LOSSES, PIXEL_LOSSES, VGG_LOSSES, parse_losses
-    from tritri.fitting.objective import cached_vgg_weights as cached
+def _resolve_losses(
+    args: argparse.Namespace, device_type: str, cached: Callable[[], Path | None]
+) -> tuple[tuple[str, ...], Any, str | None]:
+    """The loss names, the VGG weights to build them with, and a note for the user (or None).
+    ``cached`` finds the VGG16 weights in the torch hub cache (None: not there)."""
+    from tritri.fitting.loss_names import FULL_LOSSES, PIXEL_LOSSES, VGG_LOSSES, parse_losses
 
     spec = args.vgg_weights
     if spec != "DEFAULT" and not Path(spec).is_file():
@@ -220,7 +229,7 @@ def _resolve_losses(args: argparse.Namespace, device) -> tuple[tuple[str, ...], 
                 f"{','.join(PIXEL_LOSSES)} only; --losses {full} downloads them once and fits the "
                 "full objective",
             )
-        if device.type != "cuda":
+        if device_type != "cuda":
             return (
                 PIXEL_LOSSES,
                 None,
@@ -260,8 +269,10 @@ def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
         raise _UsageError(f"--balancer: {err}") from None
 
 
-def _initial_params(args: argparse.Namespace, target):
-    from tritri.fitting.params import init_delaunay, init_random, load_triangles_json
+def _start(args: argparse.Namespace, target) -> tuple[dict[str, Any], str, int]:
+    """The triangles to start from (numpy values: verts, colors, opacity, background), what they
+    are, and how many the fit keeps. ``target`` is the (3, H, W) numpy image."""
+    from tritri.fitting.starts import delaunay_start, random_start, read_triangles_json
 
     n = args.triangles if args.triangles is not None else DEFAULTS["triangles"]
     if args.init in ("delaunay", "random"):
@@ -270,25 +281,59 @@ def _initial_params(args: argparse.Namespace, target):
         # A fresh start is over-complete (pruned to n during the fit) unless the run is short.
         m = max(n, round(OVERCOMPLETE * n)) if args.steps >= 20 else n
         if args.init == "delaunay":
-            return init_delaunay(target, m, seed=args.seed), "Delaunay mosaic", n
-        return init_random(target, m, seed=args.seed), "random triangles", n
+            return delaunay_start(target, m, seed=args.seed), "Delaunay mosaic", n
+        return random_start(target, m, seed=args.seed), "random triangles", n
     path = Path(args.init)
     if not path.is_file():
         raise _UsageError(
             f"--init must be delaunay, random or a triangles.json; {args.init!r} is none"
         )
     try:
-        params, _ = load_triangles_json(path)
+        values, _ = read_triangles_json(path)
     except ValueError as err:
         raise _UsageError(f"--init: {str(err).splitlines()[0]}") from None
-    if args.triangles is not None and args.triangles != params.n_triangles:
+    count = len(values["opacity"])
+    if args.triangles is not None and args.triangles != count:
         raise _UsageError(
-            f"--triangles {args.triangles} does not match the {params.n_triangles} triangles in "
+            f"--triangles {args.triangles} does not match the {count} triangles in "
             f"{path}; leave --triangles out to continue that fit"
         )
     if args.steps is None:
-        args.steps = default_steps(params.n_triangles)
-    return params, str(path), params.n_triangles
+        args.steps = default_steps(count)
+    return values, str(path), count
+
+
+def _cuda_possible() -> bool:
+    """Whether torch could see a CUDA GPU here, decided without importing torch (2-3 s): on Linux
+    only with the NVIDIA driver loaded, never on macOS; elsewhere, ask torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    return sys.platform != "darwin"
+
+
+def _cpu_fit_applies(args: argparse.Namespace) -> bool:
+    """Whether this fit runs as the torch-free CPU fit (:mod:`tritri.fitting.cpu_fit`): on the
+    CPU, with the numba rasterizer, pixel losses only and the default geometric-mean balancer.
+    Anything else (a GPU, other losses, balancers or backends) runs the torch loop."""
+    from tritri.fitting.loss_names import PIXEL_LOSSES, parse_losses
+    from tritri.numba_raster import numba_available
+
+    if args.backend not in ("auto", "numba") or args.config is not None:
+        return False
+    if args.balancer != "geometric_mean":
+        return False
+    if args.device == "auto" and _cuda_possible() or args.device not in ("auto", "cpu"):
+        return False
+    if args.losses.strip().lower() != "auto":
+        try:
+            names = parse_losses(args.losses)
+        except ValueError as err:
+            raise _UsageError(str(err)) from None
+        if any(n not in PIXEL_LOSSES for n in names):
+            return False
+    return numba_available()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -303,25 +348,151 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
-    import torch
+    from tritri.fitting.export import load_image_array
+
+    try:
+        target = load_image_array(args.image, args.size)
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    if _cpu_fit_applies(args):
+        return _run_cpu(args, target)
+    return _run_torch(args, target)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _UsageError(f"--out: cannot create {str(out)!r}: {err}") from None
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return out
+
+
+def _announce(args, target, n_keep: int, names, balancer: str, device: str, start: str,
+              start_psnr: float) -> None:  # fmt: skip
+    _, H, W = target.shape
+    image_name = args.image if args.image is not None else "the sample image"
+    _note(
+        f"fitting {image_name} ({W}x{H}) with {n_keep} triangles, {args.steps} steps, "
+        f"losses {','.join(names)}, {balancer}, on {device}; start: {start} "
+        f"({start_psnr:.2f} dB)"
+    )
+
+
+def _progress(args: argparse.Namespace):
     from tqdm import tqdm
 
-    import tritri
-    from tritri.fitting.export import load_image, save_comparison, save_png, save_svg
-    from tritri.fitting.loop import fit_triangles, psnr
-    from tritri.fitting.objective import FitLosses
-    from tritri.fitting.params import save_triangles_json
+    bar = tqdm(
+        total=args.steps, desc="fit", unit="step", dynamic_ncols=True, disable=args.quiet,
+        file=sys.stderr,
+    )  # fmt: skip
+
+    def on_warning(event: dict[str, Any]) -> None:
+        tqdm.write(f"{_PROG}: warning: step {event['step']}: {event['message']}", file=sys.stderr)
+
+    return bar, on_warning
+
+
+def _write_outputs(
+    args: argparse.Namespace, out: Path, target, image, values: dict[str, Any], result: Any,
+    names, start_psnr: float, t0: float,
+) -> int:  # fmt: skip
+    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status.
+    ``target``, ``image``: (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
+    from tritri.fitting.export import save_comparison, save_png, save_svg
     from tritri.fitting.plot import save_loss_plot
+    from tritri.fitting.starts import write_triangles_json
+
+    if result.interrupted:
+        _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
+    _, H, W = target.shape
+    files = [
+        save_png(image, out / "final.png"),
+        save_comparison(target, image, out / "comparison.png"),
+    ]
+    files.append(
+        save_svg(
+            values["verts"], values["colors"], values["opacity"], values["background"],
+            out / "triangles.svg", width=W, height=H,
+            title=f"tritri fit: {len(values['opacity'])} triangles, PSNR {result.psnr:.2f} dB",
+            sigma=args.sigma,
+        )
+    )  # fmt: skip
+    extra = {
+        "psnr": round(result.psnr, 4),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "losses": list(names),
+        "image": os.fspath(args.image) if args.image is not None else "astronaut.png",
+    }
+    files.append(
+        write_triangles_json(
+            values, out / "triangles.json", width=W, height=H, sigma=args.sigma, extra=extra
+        )
+    )
+    files.append(out / "metrics.jsonl")
+    # the records just written to metrics.jsonl, kept by the loop: no need to read them back
+    plot = save_loss_plot(result.history, out / "loss.png", title="tritri fit")
+    if plot is not None:
+        files.append(plot)
+    seconds = time.perf_counter() - t0
+    best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
+    _note(
+        f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
+        f"{best} in {seconds:.1f} s; wrote {', '.join(str(f) for f in files)}"
+    )
+    return 130 if result.interrupted else 0
+
+
+def _run_cpu(args: argparse.Namespace, target) -> int:
+    """The fit without torch: numpy, numba (:func:`tritri.fitting.cpu_fit.fit_triangles_cpu`)."""
+    from tritri.fitting.cpu_fit import fit_triangles_cpu, psnr_np, render_cpu
+    from tritri.fitting.loss_names import cached_vgg_weights_file
+    from tritri.losses.monitor import LossMonitor
+
+    names, _, note = _resolve_losses(args, "cpu", cached_vgg_weights_file)
+    start, what, n_keep = _start(args, target)
+    out = _out_dir(args)
+    if note is not None:
+        _note(note)
+    _, H, W = target.shape
+    start_psnr = psnr_np(render_cpu(start, H, W, args.sigma), target)
+    _announce(args, target, n_keep, names, "GeometricMeanLoss", "cpu", what, start_psnr)
+    monitor = LossMonitor(out / "metrics.jsonl", warn=False)
+    bar, on_warning = _progress(args)
+    t0 = time.perf_counter()
+    try:
+        result = fit_triangles_cpu(
+            start, target, steps=args.steps, losses=names, monitor=monitor, lr=args.lr,
+            lr_verts_px=args.lr_verts, sigma=args.sigma, log_every=args.log_every, seed=args.seed,
+            progress=bar, on_warning=on_warning, keep_best=not args.last,
+            warmup=0.1 if args.init not in ("delaunay", "random") else 0.0, keep=n_keep,
+        )  # fmt: skip
+    finally:
+        bar.close()
+        monitor.close()
+    return _write_outputs(
+        args, out, target, result.image, result.values, result, names, start_psnr, t0
+    )
+
+
+def _run_torch(args: argparse.Namespace, target_np) -> int:
+    """The fit through torch autograd (:func:`tritri.fitting.fit_triangles`): any device, losses
+    and balancer."""
+    import torch
+
+    import tritri
+    from tritri.fitting.loop import fit_triangles, psnr
+    from tritri.fitting.objective import FitLosses, cached_vgg_weights
+    from tritri.fitting.params import TriangleParams
     from tritri.losses import LossMonitor
 
     device = _device(args.device)
     torch.manual_seed(args.seed)
-    try:
-        target = load_image(args.image, args.size)
-    except (FileNotFoundError, ValueError) as err:
-        raise _UsageError(str(err)) from None
+    target = torch.from_numpy(target_np)
     _, H, W = target.shape
-    names, weights, note = _resolve_losses(args, device)
+    names, weights, note = _resolve_losses(args, device.type, cached_vgg_weights)
     try:
         criterion = FitLosses(names, weights=weights)
     except (RuntimeError, FileNotFoundError, ValueError) as err:
@@ -336,17 +507,11 @@ def _run(args: argparse.Namespace) -> int:
             f"{W}x{H} (raise --size)"
         )
     balancer = _build_balancer(args, names)
-    params, start, n_keep = _initial_params(args, target)
+    start, what, n_keep = _start(args, target_np)
+    params = TriangleParams(*(torch.from_numpy(start[k]) for k in _VALUES))
     # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
     continuing = args.init not in ("delaunay", "random")
-
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _UsageError(f"--out: cannot create {str(out)!r}: {err}") from None
-    metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    out = _out_dir(args)
     if note is not None:
         _note(note)
 
@@ -365,28 +530,15 @@ def _run(args: argparse.Namespace) -> int:
         except RuntimeError as err:  # e.g. --backend triton on a CPU without the interpreter
             raise _UsageError(f"--backend {args.backend}: {str(err).splitlines()[0]}") from None
     start_psnr = psnr(start_image, target)
-    image_name = args.image if args.image is not None else "the sample image"
-    _note(
-        f"fitting {image_name} ({W}x{H}) with {n_keep} triangles, {args.steps} steps, "
-        f"losses {','.join(names)}, {type(balancer).__name__}, on {device}; start: {start} "
-        f"({start_psnr:.2f} dB)"
-    )
-
-    monitor = LossMonitor(metrics, warn=False)
-    bar = tqdm(
-        total=args.steps, desc="fit", unit="step", dynamic_ncols=True, disable=args.quiet,
-        file=sys.stderr,
-    )  # fmt: skip
-
-    def on_warning(event: dict[str, Any]) -> None:
-        tqdm.write(f"{_PROG}: warning: step {event['step']}: {event['message']}", file=sys.stderr)
-
+    _announce(args, target, n_keep, names, type(balancer).__name__, str(device), what, start_psnr)
+    monitor = LossMonitor(out / "metrics.jsonl", warn=False)
+    bar, on_warning = _progress(args)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # torch's small ops on one thread (its OpenMP barriers stall when the machine is busy);
         # the numba rasterizer keeps all of them.
-        from tritri.numba_backend import set_num_threads
+        from tritri.numba_raster import set_num_threads
 
         set_num_threads(threads)
         torch.set_num_threads(1)
@@ -402,55 +554,14 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
         monitor.close()
         torch.set_num_threads(threads)
-    if result.interrupted:
-        _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
+    values = {k: v.astype("float32") for k, v in params.values().items()}
+    return _write_outputs(
+        args, out, target_np, result.image.cpu().numpy(), values, result, names, start_psnr, t0
+    )
 
-    files = [
-        save_png(result.image, out / "final.png"),
-        save_comparison(target, result.image, out / "comparison.png"),
-    ]
-    vals = params.values()
-    files.append(
-        save_svg(
-            vals["verts"],
-            vals["colors"],
-            vals["opacity"],
-            vals["background"],
-            out / "triangles.svg",
-            width=W,
-            height=H,
-            title=f"tritri fit: {params.n_triangles} triangles, PSNR {result.psnr:.2f} dB",
-            sigma=args.sigma,
-        )  # fmt: skip
-    )
-    files.append(
-        save_triangles_json(
-            params,
-            out / "triangles.json",
-            width=W,
-            height=H,
-            sigma=args.sigma,
-            extra={
-                "psnr": round(result.psnr, 4),
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "losses": list(names),
-                "image": os.fspath(args.image) if args.image is not None else "astronaut.png",
-            },
-        )  # fmt: skip
-    )
-    files.append(metrics)
-    # the records just written to metrics.jsonl, kept by the loop: no need to read them back
-    plot = save_loss_plot(result.history, out / "loss.png", title="tritri fit")
-    if plot is not None:
-        files.append(plot)
-    seconds = time.perf_counter() - t0
-    best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
-    _note(
-        f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
-        f"{best} in {seconds:.1f} s; wrote {', '.join(str(f) for f in files)}"
-    )
-    return 130 if result.interrupted else 0
+
+#: Keys of a fit's triangle values, in TriangleParams' argument order.
+_VALUES = ("verts", "colors", "opacity", "background")
 
 
 def main(argv: list[str] | None = None) -> int:

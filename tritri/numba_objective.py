@@ -1,0 +1,71 @@
+"""The pixel passes of the torch-free CPU fit (:mod:`tritri.fitting.cpu_fit`), in numba.
+
+Two passes over the ``(C, H, W)`` pixels per step instead of a dozen numpy temporaries: one
+composites the background and gathers every sum the step needs (the losses, the clamped PSNR's
+error, the image's per-channel moments), the other writes the gradient of the objective with
+respect to the rasterizer's outputs. Sums are float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+#: Layout of :func:`pixel_sums`' result: |d|, d², (clamp(image) - target)², then per channel
+#: the sum and the sum of squares of the image.
+SUM_ABS, SUM_SQ, SUM_SQ_CLAMPED, CHANNEL_SUMS = 0, 1, 2, 3
+
+
+@njit(**_OPTS)
+def pixel_sums(color, T, background, target, image):
+    """``image = color + T * background`` (written, (C, H, W)) and its sums (see SUM_*).
+
+    color (C, H, W), T (H, W), background (C,), target (C, H, W); float32.
+    """
+    C, H, W = target.shape
+    out = np.zeros(3 + 2 * C, np.float64)
+    for c in range(C):
+        bg = background[c]
+        s = 0.0
+        ss = 0.0
+        for y in range(H):
+            for x in range(W):
+                v = color[c, y, x] + T[y, x] * bg
+                image[c, y, x] = v
+                d = float(v) - float(target[c, y, x])
+                out[0] += abs(d)
+                out[1] += d * d
+                dc = min(max(float(v), 0.0), 1.0) - float(target[c, y, x])
+                out[2] += dc * dc
+                s += v
+                ss += float(v) * float(v)
+        out[3 + 2 * c] = s
+        out[4 + 2 * c] = ss
+    return out
+
+
+@njit(**_OPTS)
+def pixel_grads(image, target, w_abs, w_sq, T, background, grad_color, grad_T):
+    """With ``g = w_abs * sign(image - target) + w_sq * (image - target)``: ``grad_color = g``
+    (C, H, W), ``grad_T = sum_c g * background_c`` (H, W); returns ``sum_pixels g * T`` (C,), the
+    background's gradient."""
+    C, H, W = target.shape
+    g_bg = np.zeros(C, np.float64)
+    for y in range(H):
+        for x in range(W):
+            grad_T[y, x] = 0.0
+    for c in range(C):
+        bg = background[c]
+        acc = 0.0
+        for y in range(H):
+            for x in range(W):
+                d = image[c, y, x] - target[c, y, x]
+                sgn = 1.0 if d > 0 else (-1.0 if d < 0 else 0.0)
+                g = w_abs * sgn + w_sq * d
+                grad_color[c, y, x] = g
+                grad_T[y, x] += g * bg
+                acc += g * T[y, x]
+        g_bg[c] = acc
+    return g_bg
