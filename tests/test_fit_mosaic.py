@@ -11,7 +11,7 @@ from tritri.mosaic import delaunay_mosaic, edge_weights, mosaic_point_counts, sa
 
 
 def _inside(verts: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, P) bool: point strictly inside triangle (independent of scipy's point location)."""
+    """(N, P) bool: point strictly inside triangle (independent of the mosaic's point location)."""
     a, b, c = verts[:, None, 0], verts[:, None, 1], verts[:, None, 2]
     p = points[None]
 
@@ -110,3 +110,52 @@ def test_uint8_and_bad_images():
         delaunay_mosaic(np.zeros((16, 16)), 10)
     with pytest.raises(ValueError, match="interior points"):
         delaunay_mosaic(np.zeros((2, 2, 3)), 50)
+
+
+@pytest.mark.parametrize("n_triangles, seed", [(10, 0), (300, 1), (3000, 2)])
+def test_numba_delaunay_is_delaunay(n_triangles, seed):
+    """Empty circumcircles, the hull covered exactly once, the count the point counts promise,
+    and (where scipy is installed) the same triangles as Qhull."""
+    from tritri.numba_delaunay import delaunay
+
+    rng = np.random.default_rng(seed)
+    img = rng.random((60, 90, 3))
+    points = sample_points(img, n_triangles, seed=seed)
+    tri = delaunay(points)
+    assert tri.shape == (n_triangles, 3)
+    v = points[tri]
+    assert _area(v).min() > 0 and _area(v).sum() == pytest.approx(60 * 90)
+    # no point strictly inside any circumcircle (relative tolerance for float64 rounding)
+    a, b, c = v[:, 0], v[:, 1], v[:, 2]
+    d = 2 * (
+        a[:, 0] * (b[:, 1] - c[:, 1])
+        + b[:, 0] * (c[:, 1] - a[:, 1])
+        + c[:, 0] * (a[:, 1] - b[:, 1])
+    )
+    sa, sb, sc = (a**2).sum(1), (b**2).sum(1), (c**2).sum(1)
+    ux = (sa * (b[:, 1] - c[:, 1]) + sb * (c[:, 1] - a[:, 1]) + sc * (a[:, 1] - b[:, 1])) / d
+    uy = (sa * (c[:, 0] - b[:, 0]) + sb * (a[:, 0] - c[:, 0]) + sc * (b[:, 0] - a[:, 0])) / d
+    r2 = (a[:, 0] - ux) ** 2 + (a[:, 1] - uy) ** 2
+    for lo in range(0, len(points), 500):
+        p = points[lo : lo + 500]
+        dist2 = (p[None, :, 0] - ux[:, None]) ** 2 + (p[None, :, 1] - uy[:, None]) ** 2
+        assert (dist2 >= r2[:, None] * (1 - 1e-9)).all()
+    spatial = pytest.importorskip("scipy.spatial")
+    ref = spatial.Delaunay(points).simplices
+    if n_triangles > 10:  # the 10-triangle case has cocircular border points: either split is valid
+        assert set(map(tuple, np.sort(tri, 1))) == set(map(tuple, np.sort(ref, 1)))
+
+
+def test_pixel_owner_holds_each_pixel_center():
+    from tritri.numba_delaunay import delaunay, pixel_owner
+
+    img = np.random.default_rng(3).random((23, 37, 3))
+    points = sample_points(img, 80, seed=3)
+    verts = points[delaunay(points)]
+    owner = pixel_owner(verts, 23, 37)
+    assert (owner >= 0).all()
+    ys, xs = np.mgrid[0:23, 0:37]
+    centers = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
+    inside = _inside(verts, centers)  # strictly inside: where any is, the owner is that one
+    strict = inside.any(0)
+    assert inside[owner[strict], np.flatnonzero(strict)].all()

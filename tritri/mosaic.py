@@ -5,8 +5,9 @@ triangle with the mean color of the pixels whose centers it holds. With ``k`` po
 border (the 4 corners among them) and ``m`` inside, a Delaunay triangulation has exactly
 ``k + 2m - 2`` triangles, so the point counts are chosen to give the requested number.
 
-The mosaic is also ``tritri fit --init delaunay``'s starting point. The triangulation uses
-``scipy.spatial.Delaunay`` (imported on first use); everything else is numpy.
+The mosaic is also ``tritri fit --init delaunay``'s starting point. The triangulation and the
+pixel ownership are numba (:mod:`tritri.numba_delaunay`, loaded on first use); everything else is
+numpy.
 """
 
 from __future__ import annotations
@@ -147,17 +148,6 @@ def sample_points(image: np.ndarray, n_triangles: int, seed: int = 0) -> np.ndar
     return np.concatenate([border, interior])
 
 
-def _delaunay(points: np.ndarray):
-    try:
-        from scipy.spatial import Delaunay
-    except ModuleNotFoundError as err:  # pragma: no cover - scipy is a dependency
-        raise ModuleNotFoundError(
-            "the Delaunay mosaic (tritri fit --init delaunay, perf/fit_quality.py) needs scipy: "
-            "pip install scipy"
-        ) from err
-    return Delaunay(points)
-
-
 def delaunay_mosaic(image: np.ndarray, n_triangles: int, seed: int = 0) -> Mosaic:
     """The Delaunay triangle mosaic of ``image`` with ``n_triangles`` triangles.
 
@@ -174,18 +164,17 @@ def delaunay_mosaic(image: np.ndarray, n_triangles: int, seed: int = 0) -> Mosai
     """
     img = _as_float_image(image)
     H, W = img.shape[:2]
+    from tritri.numba_delaunay import delaunay, pixel_owner
+
     points = sample_points(img, n_triangles, seed)
-    tri = _delaunay(points)
-    simplices = tri.simplices
+    simplices = delaunay(points)
     verts = points[simplices]  # (N, 3, 2)
-    ys, xs = np.mgrid[0:H, 0:W]
-    centers = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
-    # bruteforce: the default directed walk takes ~4 s for a 256 x 170 image (measured), the
-    # per-simplex test 0.15 s
-    owner = tri.find_simplex(centers, bruteforce=True)
+    owner = pixel_owner(verts, H, W)
     # Pixel centers sit strictly inside [0, W] x [0, H], the hull; -1 only from round-off.
     if (owner < 0).any():
         missing = owner < 0
+        ys, xs = np.mgrid[0:H, 0:W]
+        centers = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
         c = verts.mean(axis=1)
         d = ((centers[missing, None, :] - c[None]) ** 2).sum(-1)
         owner[missing] = d.argmin(axis=1)
