@@ -8,8 +8,8 @@ out: the numba setup (:mod:`tritri.numba_geometry`, forward and hand-derived bac
 rasterizer (:mod:`tritri.numba_raster`), the pixel losses and the geometric-mean balancer in
 numpy, and Adam. It makes the same moves at the same steps as ``fit_triangles`` (shared in
 :mod:`tritri.fitting.schedule`): pruning an over-complete start down to ``keep`` by each
-triangle's exact removal cost, relocating the least useful triangles to where the error is, a
-cosine learning-rate decay, and ending with the best step's triangles.
+triangle's exact removal cost, re-placing the least useful ones greedily where they cut the
+error most, a cosine learning-rate decay, and ending with the best step's triangles.
 
 Objective: ``losses`` from ``l1`` (mean absolute error) and ``mse`` (mean squared error) of the
 render against the target, balanced as :class:`tritri.losses.GeometricMeanLoss` does with its
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tritri.fitting.schedule import box_blur, lr_factor, move_steps, respawn_placement
+from tritri.fitting.schedule import SEARCH, box_blur, lr_factor, move_steps, relocation_placement
 from tritri.fitting.starts import logit, sigmoid
 from tritri.mosaic import psnr_np as mosaic_psnr
 
@@ -261,9 +261,10 @@ def fit_triangles_cpu(
     keep: int | None = None,
     prune_from: float = 0.05,
     prune_until: float = 0.4,
-    reseed_every: int = 10,
+    reseed_every: int = 5,
     reseed_until: float = 0.8,
-    reseed_fraction: float = 0.02,
+    reseed_fraction: float = 0.1,
+    search: tuple[int, int] = SEARCH,
     seed: int = 0,
     keep_best: bool = True,
     progress: Any = None,
@@ -315,7 +316,7 @@ def fit_triangles_cpu(
     }
     adam = _Adam(params)
     rng = np.random.default_rng(seed)
-    blurred_target = box_blur(target)
+    blurred_target = box_blur(target) if search[0] == 0 else None
     live = np.ones(M, bool)
     events, prune_events = move_steps(
         steps, every=reseed_every, until=reseed_until, prune_from=prune_from,
@@ -340,11 +341,18 @@ def fit_triangles_cpu(
             return None
         k = max(1, int(reseed_fraction * keep))
         idx = np.argsort(np.where(live, scene.removal_costs(target), np.inf), kind="stable")[:k]
-        verts, colors = respawn_placement(image, target, k, keep, rng, blurred_target)
+        if search[0] > 0:  # the image without them, to place their replacements on
+            saved = params["opacity_logits"][idx].copy()
+            params["opacity_logits"][idx] = _DEAD_LOGIT
+            image = scene.render()
+            params["opacity_logits"][idx] = saved
+        verts, colors, opacity = relocation_placement(
+            image, target, k, keep, rng, search=search, blurred_target=blurred_target
+        )
         stay = np.ones(M, bool)
         stay[idx] = False
         perm = np.concatenate([np.flatnonzero(stay), idx])  # relocated ones on top
-        new = {"verts": verts, "color_logits": _logit(colors), "opacity_logits": 0.0}
+        new = {"verts": verts, "color_logits": _logit(colors), "opacity_logits": _logit(opacity)}
         for key, value in new.items():
             params[key] = params[key][perm]
             params[key][M - k :] = value

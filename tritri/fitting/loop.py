@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import tritri
 from tritri.fitting.params import TriangleParams
-from tritri.fitting.schedule import lr_factor, move_steps, respawn_placement
+from tritri.fitting.schedule import SEARCH, lr_factor, move_steps, relocation_placement
 
 __all__ = ["FitResult", "fit_triangles", "psnr"]
 
@@ -155,12 +155,14 @@ def _respawn(
     target: Tensor,
     rng: np.random.Generator,
     n_live: int,
+    search: tuple[int, int] = (0, 0),
 ) -> Tensor:
     """Move the triangles ``idx`` on top of the draw order, to where the error is largest.
 
-    Each goes where :func:`tritri.fitting.schedule.respawn_placement` puts it, with opacity 0.5
-    and fresh Adam state; the others keep their order and state. Returns the permutation
-    applied (new position -> old index), for callers that keep per-triangle data.
+    Each goes where :func:`tritri.fitting.schedule.relocation_placement` puts it on ``image``
+    (with ``search``, a render without them), with fresh Adam state; the others keep their order
+    and state. Returns the permutation applied (new position -> old index), for callers that keep
+    per-triangle data.
     """
     verts = params.verts
     N = params.n_triangles
@@ -169,11 +171,11 @@ def _respawn(
     perm = torch.arange(N, device=device)
     if k == 0:
         return perm
-    new_verts, new_colors = (
+    new_verts, new_colors, new_opacity = (
         torch.from_numpy(x).to(device)
-        for x in respawn_placement(
+        for x in relocation_placement(
             image.detach().float().cpu().numpy(), target.detach().float().cpu().numpy(), k,
-            n_live, rng,
+            n_live, rng, search=search,
         )
     )  # fmt: skip
     keep = torch.ones(N, dtype=torch.bool, device=device)
@@ -184,7 +186,7 @@ def _respawn(
     updates = {
         params.verts: new_verts,
         params.color_logits: torch.log(new_colors) - torch.log1p(-new_colors),
-        params.opacity_logits: torch.zeros(k, device=device),
+        params.opacity_logits: torch.log(new_opacity) - torch.log1p(-new_opacity),
     }
     for p, new in updates.items():
         p.data.copy_(p.data[perm])
@@ -263,9 +265,10 @@ def fit_triangles(
     keep: int | None = None,
     prune_from: float = 0.05,
     prune_until: float = 0.4,
-    reseed_every: int = 10,
+    reseed_every: int = 5,
     reseed_until: float = 0.8,
-    reseed_fraction: float = 0.02,
+    reseed_fraction: float = 0.1,
+    search: tuple[int, int] = SEARCH,
     seed: int = 0,
     keep_best: bool = True,
     progress: Any = None,
@@ -284,7 +287,9 @@ def fit_triangles(
       triangles whose removal costs the least squared error, down to ``keep``;
     - **relocation**: every ``reseed_every`` steps up to ``reseed_until`` of the run, the
       ``reseed_fraction`` of triangles that are worth least (transparent, tiny, off-screen, hidden
-      under others, or just contributing little) move on top, to where the error is largest.
+      under others, or just contributing little) move on top, each placed greedily where it
+      lowers the squared error most (a geometrize-style hill-climbing search on a render without
+      them, scored exactly from running sums: :func:`tritri.fitting.schedule.relocation_placement`).
 
     "Worth" is the exact growth of the squared error if the triangle were removed
     (:func:`tritri.numba_backend.triangle_stats`, on the CPU whatever the fit's device); without
@@ -319,6 +324,8 @@ def fit_triangles(
         reseed_every: period, in steps, of pruning and relocation (0 = neither).
         reseed_until: relocation stops at this fraction of the run.
         reseed_fraction: share of ``keep`` relocated each time.
+        search: ``(candidates, mutations)`` of the greedy placement; ``(0, 0)`` puts relocated
+            triangles at error-weighted random pixels instead (cheaper, 0.3-0.6 dB lower).
         seed: seed of the relocation draws.
         keep_best: end with the parameters of the step whose render had the best PSNR (the last
             ones if they are not worse; only steps after the pruning count), so a fit never ends
@@ -401,7 +408,12 @@ def fit_triangles(
             return "relocated"
         k = max(1, int(reseed_fraction * keep))
         idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
-        perm = _respawn(params, optimizer, idx, image, target, rng, keep)
+        if search[0] > 0:  # place the replacements on a render without them
+            saved = params.opacity_logits.data[idx].clone()
+            params.opacity_logits.data[idx] = _DEAD_LOGIT
+            image = render()[0].detach()
+            params.opacity_logits.data[idx] = saved
+        perm = _respawn(params, optimizer, idx, image, target, rng, keep, search)
         live = live[perm]
         return "relocated"
 

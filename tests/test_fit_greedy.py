@@ -1,0 +1,129 @@
+"""Greedy triangle placement (tritri.numba_greedy) against brute force, and the relocation it
+drives (tritri.fitting.schedule.relocation_placement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from tritri.fitting.schedule import relocation_placement  # noqa: E402
+from tritri.numba_greedy import ALPHAS, _best, _gather, place, row_sums  # noqa: E402
+from tritri.numba_raster import get_num_threads, set_num_threads  # noqa: E402
+
+
+def _images(H=21, W=34, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((3, H, W)), rng.random((3, H, W))
+
+
+def _inside(v, H, W):
+    """(H, W) bool: pixel centers inside triangle v (3, 2) px, edges included."""
+    y, x = np.mgrid[0:H, 0:W] + 0.5
+
+    def side(a, b):
+        return (b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])
+
+    s = [side(v[k], v[(k + 1) % 3]) for k in range(3)]
+    return ((s[0] >= 0) & (s[1] >= 0) & (s[2] >= 0)) | ((s[0] <= 0) & (s[1] <= 0) & (s[2] <= 0))
+
+
+def _sums(image, target):
+    C, H, W = image.shape
+    sums = np.empty((H, W + 1, 5 * C))
+    row_sums(image, target, sums, 0, H)
+    return sums
+
+
+def test_row_sums_are_running_sums():
+    image, target = _images()
+    sums = _sums(image, target)
+    e = image - target
+    for k, f in enumerate([image, image**2, e, e**2, e * image]):
+        want = np.concatenate([np.zeros((3, 21, 1)), np.cumsum(f, axis=2)], axis=2)
+        np.testing.assert_allclose(sums[:, :, k::5].transpose(2, 0, 1), want, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        [[3.2, 1.1], [30.5, 6.7], [12.0, 19.9]],
+        [[-5.0, -3.0], [40.0, 10.0], [2.0, 30.0]],  # clipped by the image
+        [[10.3, 4.0], [10.9, 15.0], [11.4, 9.5]],  # thin
+    ],
+)
+def test_gather_and_best_match_brute_force(v):
+    H, W = 21, 34
+    image, target = _images(H, W)
+    v = np.array(v, float)
+    acc = np.empty((3, 6))
+    count = _gather(v, _sums(image, target), H, W, acc)
+    mask = _inside(v, H, W)
+    assert count == mask.sum()
+    I, t = image[:, mask], target[:, mask]
+    e = I - t
+    want = np.stack([np.full(3, mask.sum()), *(f.sum(1) for f in (I, I**2, e, e**2, e * I))], 1)
+    np.testing.assert_allclose(acc, want, rtol=1e-9, atol=1e-9)
+    color = np.empty(3)
+    change, alpha = _best(acc, ALPHAS, color)
+    assert alpha in ALPHAS
+
+    def error_change(a, c):
+        new = (1 - a) * I + a * c[:, None]
+        return ((new - t) ** 2).sum() - (e**2).sum()
+
+    assert change == pytest.approx(error_change(alpha, color), rel=1e-9, abs=1e-9)
+    for a in ALPHAS:  # no other opacity, and no nearby color, does better
+        assert error_change(a, np.clip(color, 0.001, 0.999)) >= change - 1e-9 or a == alpha
+    for d in np.eye(3) * 0.01:
+        for c in (color + d, color - d):
+            if np.all((c >= 0.001) & (c <= 0.999)):
+                assert error_change(alpha, c) >= change - 1e-12
+
+
+def test_place_finds_a_triangle_and_does_not_depend_on_threads():
+    H, W = 40, 56
+    truth = np.array([[8.0, 6.0], [47.0, 12.0], [20.0, 35.0]])
+    target = np.full((3, H, W), 0.2)
+    target[:, _inside(truth, H, W)] = np.array([0.9, 0.5, 0.1])[:, None]
+    image = np.full((3, H, W), 0.2)
+    rng = np.random.default_rng(0)
+    centers = np.stack([rng.uniform(0, W, 64), rng.uniform(0, H, 64)], -1)
+    before = ((image - target) ** 2).sum()
+    threads = get_num_threads()
+    try:
+        set_num_threads(1)
+        v1, c1, a1 = place(image, target, centers, 12.0, 64, 300, 7)
+        set_num_threads(2)
+        v2, c2, a2 = place(image, target, centers, 12.0, 64, 300, 7)
+    finally:
+        set_num_threads(threads)
+    np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_array_equal(c1, c2)
+    assert v1.shape == (1, 3, 2) and c1.shape == (1, 3) and a1.shape == (1,)
+    new = image.copy()
+    mask = _inside(v1[0], H, W)
+    new[:, mask] = (1 - a1[0]) * new[:, mask] + a1[0] * c1[0][:, None]
+    assert ((new - target) ** 2).sum() < 0.3 * before
+    assert a1[0] == 0.95
+
+
+@pytest.mark.parametrize("search", [(8, 50), (0, 0)])
+def test_relocation_placement_shapes_and_effect(search):
+    H, W = 24, 30
+    image, target = _images(H, W, seed=2)
+    rng = np.random.default_rng(1)
+    verts, colors, opacity = relocation_placement(image, target, 3, 20, rng, search=search)
+    assert verts.shape == (3, 3, 2) and colors.shape == (3, 3) and opacity.shape == (3,)
+    assert verts.dtype == colors.dtype == opacity.dtype == np.float32
+    assert np.all((colors > 0) & (colors < 1)) and np.all((opacity > 0) & (opacity < 1))
+    if search == (0, 0):
+        assert np.all(opacity == 0.5)
+    else:  # each placement lowers the hard-edged squared error
+        work = image.copy()
+        for v, c, a in zip(verts * np.array([W, H]), colors, opacity, strict=True):
+            mask = _inside(v, H, W)
+            old = ((work[:, mask] - target[:, mask]) ** 2).sum()
+            work[:, mask] = (1 - a) * work[:, mask] + a * c[:, None]
+            assert ((work[:, mask] - target[:, mask]) ** 2).sum() < old

@@ -1,0 +1,220 @@
+"""Greedy triangle placement in numba: the hill-climbing search of geometrize / primitive, made
+cheap by running sums, for the relocation move of the CPU fit (:mod:`tritri.fitting.cpu_fit`).
+
+A triangle drawn on top of an image ``I`` with opacity ``a`` and color ``c`` turns each pixel it
+covers into ``(1 - a) I + a c``. Over the covered pixels, with ``e = I - target``, the squared
+error changes by ``Σ (e - a I + a c)² - Σ e²`` per channel, whose best ``c`` (and the change) follow
+in closed form from six sums over the covered pixels: the count and the sums of ``I``, ``I²``,
+``e``, ``e²``, ``e I``. Those are running sums along each row (:func:`row_sums`), so scoring a
+triangle costs a few lookups per covered row, not per pixel. Coverage is hard-edged (pixel
+centers inside the triangle): the soft render differs only along the edges, and the fit's
+gradient steps take over from there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+#: Opacities a placed triangle may take (the best is chosen per candidate).
+ALPHAS = np.array([0.25, 0.5, 0.75, 0.95])
+_SUMS = 5  # I, I², e, e², e I
+
+
+@njit(**_OPTS)
+def row_sums(image, target, sums, r0, r1):
+    """Fill rows [r0, r1) of ``sums`` (H, W + 1, 5 * C) float64 with the running sums along each
+    row of I, I², e, e², e I per channel (``sums[y, x, 5 * c + k]``: over the pixels left of
+    column x), the 5 C values of one pixel side by side so a span costs two cache lines."""
+    C, H, W = image.shape
+    for y in range(r0, r1):
+        for c in range(C):
+            a0 = a1 = a2 = a3 = a4 = 0.0
+            base = _SUMS * c
+            for k in range(_SUMS):
+                sums[y, 0, base + k] = 0.0
+            for x in range(W):
+                v = float(image[c, y, x])
+                e = v - float(target[c, y, x])
+                a0 += v
+                a1 += v * v
+                a2 += e
+                a3 += e * e
+                a4 += e * v
+                sums[y, x + 1, base] = a0
+                sums[y, x + 1, base + 1] = a1
+                sums[y, x + 1, base + 2] = a2
+                sums[y, x + 1, base + 3] = a3
+                sums[y, x + 1, base + 4] = a4
+
+
+@njit(**_OPTS)
+def _span(v, y, W):
+    """Columns [lo, hi] of the pixel centers on the row at height ``y`` inside triangle ``v``
+    (3, 2) pixels; hi < lo when none."""
+    xmin, xmax = np.inf, -np.inf
+    for k in range(3):
+        px, py = v[k, 0], v[k, 1]
+        qx, qy = v[(k + 1) % 3, 0], v[(k + 1) % 3, 1]
+        if (py - y) * (qy - y) <= 0.0 and py != qy:
+            x = px + (y - py) * (qx - px) / (qy - py)
+            xmin = min(xmin, x)
+            xmax = max(xmax, x)
+    if not xmin <= xmax:
+        return 0, -1
+    lo = max(0, int(math.ceil(xmin - 0.5)))
+    hi = min(W - 1, int(math.floor(xmax - 0.5)))
+    return lo, hi
+
+
+@njit(**_OPTS)
+def _gather(v, sums, H, W, acc):
+    """acc (C, 6): count and the five sums over the pixels inside triangle v; returns the count."""
+    C = acc.shape[0]
+    acc[:] = 0.0
+    ymin = min(v[0, 1], v[1, 1], v[2, 1])
+    ymax = max(v[0, 1], v[1, 1], v[2, 1])
+    r0 = max(0, int(math.ceil(ymin - 0.5)))
+    r1 = min(H - 1, int(math.floor(ymax - 0.5)))
+    count = 0.0
+    for r in range(r0, r1 + 1):
+        lo, hi = _span(v, r + 0.5, W)
+        if hi < lo:
+            continue
+        count += hi - lo + 1
+        for c in range(C):
+            for k in range(_SUMS):
+                acc[c, 1 + k] += sums[r, hi + 1, _SUMS * c + k] - sums[r, lo, _SUMS * c + k]
+    for c in range(C):
+        acc[c, 0] = count
+    return count
+
+
+@njit(**_OPTS)
+def _best(acc, alphas, color):
+    """The error change of the best (opacity, color) for the gathered sums (written to color);
+    returns (change, opacity)."""
+    C = acc.shape[0]
+    n = acc[0, 0]
+    best, best_a = np.inf, 0.0
+    for i in range(alphas.shape[0]):
+        a = alphas[i]
+        total = 0.0
+        for c in range(C):
+            s_i, s_ii, s_e, s_ee, s_ei = acc[c, 1], acc[c, 2], acc[c, 3], acc[c, 4], acc[c, 5]
+            su = s_e - a * s_i
+            suu = s_ee - 2.0 * a * s_ei + a * a * s_ii
+            col = min(max(-su / (a * n), 0.001), 0.999)
+            total += suu + 2.0 * a * col * su + a * a * col * col * n - s_ee
+        if total < best:
+            best, best_a = total, a
+    for c in range(C):
+        s_i, s_e = acc[c, 1], acc[c, 3]
+        color[c] = min(max(-(s_e - best_a * s_i) / (best_a * n), 0.001), 0.999)
+    return best, best_a
+
+
+@njit(**_OPTS)
+def _score(v, sums, H, W, acc, alphas, color):
+    if _gather(v, sums, H, W, acc) < 3.0:
+        return np.inf, 0.0
+    return _best(acc, alphas, color)
+
+
+@njit(**_OPTS)
+def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1):
+    """Hill-climb the candidates [c0, c1): each starts as a random triangle of radius about
+    ``size`` px around its center (``centers`` (n, 2) pixels) and takes ``mutations`` random vertex
+    moves, kept when they lower the error change. Writes each one's error change ``out_score``
+    (n,) and vertices ``out_v`` (n, 3, 2). Candidate ``i`` draws from its own seeded stream, so
+    the result does not depend on how the range is split between threads."""
+    H, W, C = sums.shape[0], sums.shape[1] - 1, sums.shape[2] // _SUMS
+    acc = np.empty((C, 1 + _SUMS))
+    color = np.empty(C)
+    v = np.empty((3, 2))
+    trial = np.empty((3, 2))
+    for i in range(c0, c1):
+        np.random.seed(seed + i)
+        cx, cy = centers[i, 0], centers[i, 1]
+        angle = np.random.random() * 2.0 * math.pi
+        for j in range(3):
+            r = size * (0.5 + np.random.random())
+            t = angle + j * 2.0 * math.pi / 3.0 + (np.random.random() - 0.5)
+            v[j, 0] = cx + r * math.cos(t)
+            v[j, 1] = cy + r * math.sin(t)
+        score, _ = _score(v, sums, H, W, acc, alphas, color)
+        for m in range(mutations):
+            # vertex moves shrink geometrically from 0.7 to 0.05 of the size
+            step = size * 0.7 * (0.05 / 0.7) ** (m / max(1, mutations - 1))
+            trial[:] = v
+            j = np.random.randint(3)
+            trial[j, 0] += np.random.normal() * step
+            trial[j, 1] += np.random.normal() * step
+            s, _ = _score(trial, sums, H, W, acc, alphas, color)
+            if s < score:
+                score = s
+                v[:] = trial
+        out_score[i] = score
+        out_v[i] = v
+
+
+@njit(**_OPTS)
+def draw(image, target, sums, v, alphas, color):
+    """Composite triangle ``v`` (3, 2) px, hard-edged, with its best opacity and color (written to
+    ``color``; the opacity is returned) into ``image`` and refresh the row sums under it."""
+    C, H, W = image.shape
+    acc = np.empty((C, 1 + _SUMS))
+    score, a = _score(v, sums, H, W, acc, alphas, color)
+    if not score < np.inf:
+        color[:] = 0.5
+        return 0.5
+    ymin = min(v[0, 1], v[1, 1], v[2, 1])
+    ymax = max(v[0, 1], v[1, 1], v[2, 1])
+    r0 = max(0, int(math.ceil(ymin - 0.5)))
+    r1 = min(H - 1, int(math.floor(ymax - 0.5)))
+    for r in range(r0, r1 + 1):
+        lo, hi = _span(v, r + 0.5, W)
+        for x in range(lo, hi + 1):
+            for c in range(C):
+                image[c, r, x] = (1.0 - a) * image[c, r, x] + a * color[c]
+    if r1 >= r0:
+        row_sums(image, target, sums, r0, r1 + 1)
+    return a
+
+
+def place(
+    image: np.ndarray, target: np.ndarray, centers: np.ndarray, size: float, candidates: int,
+    mutations: int, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Place ``k = len(centers) // candidates`` triangles on ``image`` (3, H, W) one after the
+    other, each the best of its ``candidates`` hill-climbed random triangles (around its block of
+    ``centers``, pixels) by the error change against ``target``, each drawn into a copy of
+    ``image`` before the next.
+    Returns vertices (k, 3, 2) pixels, colors (k, 3) and opacities (k,). The candidates of one
+    placement are climbed in parallel (:func:`tritri.numba_raster._parallel`)."""
+    from tritri.numba_raster import _parallel
+
+    image = np.array(image, dtype=np.float64)  # a working copy: the caller's stays as it is
+    target = np.ascontiguousarray(target, dtype=np.float64)
+    C, H, W = image.shape
+    sums = np.empty((H, W + 1, _SUMS * C))
+    row_sums(image, target, sums, 0, H)
+    k = len(centers) // candidates
+    verts = np.empty((k, 3, 2))
+    colors = np.empty((k, C))
+    opacity = np.empty(k)
+    score = np.empty(candidates)
+    cand_v = np.empty((candidates, 3, 2))
+    for i in range(k):
+        block = np.ascontiguousarray(centers[i * candidates : (i + 1) * candidates])
+        _parallel(
+            climb, candidates, sums, block, float(size), int(mutations), ALPHAS,
+            int(seed) + i * candidates, score, cand_v,
+        )  # fmt: skip
+        verts[i] = cand_v[int(np.argmin(score))]
+        opacity[i] = draw(image, target, sums, verts[i], ALPHAS, colors[i])
+    return verts, colors, opacity
