@@ -3,9 +3,9 @@
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
 domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 150 at
 256), longest side 256 px, a Delaunay-mosaic start with twice the triangles, pruned to N during
-the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): 1.5-4.9 dB more PSNR at
-equal N on a 2-core CPU, in 1.05-1.3x its wall time at N = 1024 and 1.7-2.7x at N = 256 (README,
-performance); 1024 triangles x 300 steps, the old default, took ~40 s.
+the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): on four 256-px photos
+and a 2-core CPU, 3.0-3.7 dB more PSNR at N = 256 in 1.2-1.7x its wall time, 3.3-5.5 dB at
+N = 1024 in 0.7-0.8x, 2.0-2.6 dB at N = 64 (README, performance).
 Outputs, in ``--out``:
 
 - ``final.png`` the fit; ``comparison.png`` target | fit side by side;
@@ -66,8 +66,9 @@ OVERCOMPLETE = 2.0
 
 def default_steps(n_triangles: int) -> int:
     """Steps of a default fit: fewer for more triangles, whose steps cost more (each triangle
-    needs fewer steps too) -- sized so that the whole run takes about 10 s on a 2-core CPU at any
-    N (geometrize takes 2-10 s; README, performance); twice the steps buy ~0.3 dB at N = 256."""
+    needs fewer steps too) -- sized so that the whole CPU run takes 5-7 s on a 2-core machine at
+    any N (geometrize takes 1-10 s; README, performance); 20 % fewer steps cost ~0.2 dB at
+    N = 256, 20 % more buy ~0.1."""
     return int(min(300, max(100, round(150 * math.sqrt(256 / max(n_triangles, 1))))))
 
 
