@@ -5,7 +5,9 @@
 - :mod:`tritri.fitting.loop`: :func:`fit_triangles`, :func:`psnr`;
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
 - :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers;
-- :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O.
+- :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O;
+- :mod:`tritri.fitting.cpu_fit`: :func:`fit_triangles_cpu`, the same fit on numpy and numba
+  without torch (the default objective on a CPU; what ``tritri fit`` runs there).
 
 Names are imported on first use, so that the torch-free modules (``tritri.fitting.export``,
 ``tritri.fitting.starts``) can be imported without importing torch.
@@ -18,14 +20,18 @@ from typing import Any
 
 _EXPORTS = {
     "FitLosses": "tritri.fitting.objective",
+    "CpuFitResult": "tritri.fitting.cpu_fit",
     "FitResult": "tritri.fitting.loop",
     "TriangleParams": "tritri.fitting.params",
+    "delaunay_start": "tritri.fitting.starts",
     "fit_triangles": "tritri.fitting.loop",
+    "fit_triangles_cpu": "tritri.fitting.cpu_fit",
     "init_delaunay": "tritri.fitting.params",
     "init_random": "tritri.fitting.params",
     "load_image": "tritri.fitting.export",
     "load_triangles_json": "tritri.fitting.params",
     "psnr": "tritri.fitting.loop",
+    "random_start": "tritri.fitting.starts",
     "sample_image_path": "tritri.fitting.export",
     "save_comparison": "tritri.fitting.export",
     "save_png": "tritri.fitting.export",
