@@ -51,20 +51,23 @@ def test_row_sums_are_running_sums():
         [[3.2, 1.1], [30.5, 6.7], [12.0, 19.9]],
         [[-5.0, -3.0], [40.0, 10.0], [2.0, 30.0]],  # clipped by the image
         [[10.3, 4.0], [10.9, 15.0], [11.4, 9.5]],  # thin
+        [[3.3, 5.2], [20.7, 5.2], [10.1, 15.6]],  # flat top
+        [[10.1, 1.7], [20.7, 15.2], [3.3, 15.2]],  # flat bottom
     ],
 )
 def test_gather_and_best_match_brute_force(v):
     H, W = 21, 34
     image, target = _images(H, W)
     v = np.array(v, float)
-    acc = np.empty((3, 6))
+    acc = np.empty(16)
     count = _gather(v, _sums(image, target), H, W, acc)
     mask = _inside(v, H, W)
     assert count == mask.sum()
     I, t = image[:, mask], target[:, mask]
     e = I - t
-    want = np.stack([np.full(3, mask.sum()), *(f.sum(1) for f in (I, I**2, e, e**2, e * I))], 1)
-    np.testing.assert_allclose(acc, want, rtol=1e-9, atol=1e-9)
+    want = np.stack([f.sum(1) for f in (I, I**2, e, e**2, e * I)], 1)  # (channel, sum)
+    assert acc[0] == mask.sum()
+    np.testing.assert_allclose(acc[1:].reshape(3, 5), want, rtol=1e-9, atol=1e-9)
     color = np.empty(3)
     change, alpha = _best(acc, ALPHAS, color)
     assert alpha in ALPHAS

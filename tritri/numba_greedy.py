@@ -53,44 +53,54 @@ def row_sums(image, target, sums, r0, r1):
 
 
 @njit(**_OPTS)
-def _span(v, y, W):
-    """Columns [lo, hi] of the pixel centers on the row at height ``y`` inside triangle ``v``
-    (3, 2) pixels; hi < lo when none."""
-    xmin, xmax = np.inf, -np.inf
-    for k in range(3):
-        px, py = v[k, 0], v[k, 1]
-        qx, qy = v[(k + 1) % 3, 0], v[(k + 1) % 3, 1]
-        if (py - y) * (qy - y) <= 0.0 and py != qy:
-            x = px + (y - py) * (qx - px) / (qy - py)
-            xmin = min(xmin, x)
-            xmax = max(xmax, x)
-    if not xmin <= xmax:
-        return 0, -1
-    lo = max(0, int(math.ceil(xmin - 0.5)))
-    hi = min(W - 1, int(math.floor(xmax - 0.5)))
+def _scan(v):
+    """Scanline setup of triangle v (3, 2) px: vertices by height (top a, middle b, bottom c)
+    and the slopes dx/dy of the long edge a-c and the short edges a-b, b-c."""
+    i0, i1, i2 = 0, 1, 2
+    if v[i1, 1] < v[i0, 1]:
+        i0, i1 = i1, i0
+    if v[i2, 1] < v[i1, 1]:
+        i1, i2 = i2, i1
+        if v[i1, 1] < v[i0, 1]:
+            i0, i1 = i1, i0
+    ax, ay = v[i0, 0], v[i0, 1]
+    bx, by = v[i1, 0], v[i1, 1]
+    cx, cy = v[i2, 0], v[i2, 1]
+    long_slope = (cx - ax) / (cy - ay) if cy > ay else 0.0
+    top_slope = (bx - ax) / (by - ay) if by > ay else 0.0
+    bottom_slope = (cx - bx) / (cy - by) if cy > by else 0.0
+    return ax, ay, bx, by, cx, cy, long_slope, top_slope, bottom_slope
+
+
+@njit(**_OPTS)
+def _row(ax, ay, bx, by, long_slope, top_slope, bottom_slope, y, W):
+    """Columns [lo, hi] of the pixel centers inside the triangle on the row at height y (between
+    the top and bottom vertex); hi < lo when none."""
+    x_long = ax + (y - ay) * long_slope
+    x_short = ax + (y - ay) * top_slope if y < by else bx + (y - by) * bottom_slope
+    lo = max(0, int(math.ceil(min(x_long, x_short) - 0.5)))
+    hi = min(W - 1, int(math.floor(max(x_long, x_short) - 0.5)))
     return lo, hi
 
 
 @njit(**_OPTS)
 def _gather(v, sums, H, W, acc):
-    """acc (C, 6): count and the five sums over the pixels inside triangle v; returns the count."""
-    C = acc.shape[0]
+    """acc (1 + 5 C,): the count, then per channel the five sums, over the pixels inside
+    triangle v (3, 2) px (centers inside, edges included); returns the count."""
+    n_sums = acc.shape[0] - 1
     acc[:] = 0.0
-    ymin = min(v[0, 1], v[1, 1], v[2, 1])
-    ymax = max(v[0, 1], v[1, 1], v[2, 1])
-    r0 = max(0, int(math.ceil(ymin - 0.5)))
-    r1 = min(H - 1, int(math.floor(ymax - 0.5)))
+    ax, ay, bx, by, cx, cy, long_slope, top_slope, bottom_slope = _scan(v)
+    if not cy > ay:
+        return 0.0
     count = 0.0
-    for r in range(r0, r1 + 1):
-        lo, hi = _span(v, r + 0.5, W)
+    for r in range(max(0, int(math.ceil(ay - 0.5))), min(H - 1, int(math.floor(cy - 0.5))) + 1):
+        lo, hi = _row(ax, ay, bx, by, long_slope, top_slope, bottom_slope, r + 0.5, W)
         if hi < lo:
             continue
         count += hi - lo + 1
-        for c in range(C):
-            for k in range(_SUMS):
-                acc[c, 1 + k] += sums[r, hi + 1, _SUMS * c + k] - sums[r, lo, _SUMS * c + k]
-    for c in range(C):
-        acc[c, 0] = count
+        for j in range(n_sums):
+            acc[1 + j] += sums[r, hi + 1, j] - sums[r, lo, j]
+    acc[0] = count
     return count
 
 
@@ -98,14 +108,15 @@ def _gather(v, sums, H, W, acc):
 def _best(acc, alphas, color):
     """The error change of the best (opacity, color) for the gathered sums (written to color);
     returns (change, opacity)."""
-    C = acc.shape[0]
-    n = acc[0, 0]
+    C = color.shape[0]
+    n = acc[0]
     best, best_a = np.inf, 0.0
     for i in range(alphas.shape[0]):
         a = alphas[i]
         total = 0.0
         for c in range(C):
-            s_i, s_ii, s_e, s_ee, s_ei = acc[c, 1], acc[c, 2], acc[c, 3], acc[c, 4], acc[c, 5]
+            q = 1 + _SUMS * c
+            s_i, s_ii, s_e, s_ee, s_ei = acc[q], acc[q + 1], acc[q + 2], acc[q + 3], acc[q + 4]
             su = s_e - a * s_i
             suu = s_ee - 2.0 * a * s_ei + a * a * s_ii
             col = min(max(-su / (a * n), 0.001), 0.999)
@@ -113,8 +124,8 @@ def _best(acc, alphas, color):
         if total < best:
             best, best_a = total, a
     for c in range(C):
-        s_i, s_e = acc[c, 1], acc[c, 3]
-        color[c] = min(max(-(s_e - best_a * s_i) / (best_a * n), 0.001), 0.999)
+        q = 1 + _SUMS * c
+        color[c] = min(max(-(acc[q + 2] - best_a * acc[q]) / (best_a * n), 0.001), 0.999)
     return best, best_a
 
 
@@ -133,7 +144,7 @@ def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1
     (n,) and vertices ``out_v`` (n, 3, 2). Candidate ``i`` draws from its own seeded stream, so
     the result does not depend on how the range is split between threads."""
     H, W, C = sums.shape[0], sums.shape[1] - 1, sums.shape[2] // _SUMS
-    acc = np.empty((C, 1 + _SUMS))
+    acc = np.empty(1 + _SUMS * C)
     color = np.empty(C)
     v = np.empty((3, 2))
     trial = np.empty((3, 2))
@@ -167,17 +178,16 @@ def draw(image, target, sums, v, alphas, color):
     """Composite triangle ``v`` (3, 2) px, hard-edged, with its best opacity and color (written to
     ``color``; the opacity is returned) into ``image`` and refresh the row sums under it."""
     C, H, W = image.shape
-    acc = np.empty((C, 1 + _SUMS))
+    acc = np.empty(1 + _SUMS * C)
     score, a = _score(v, sums, H, W, acc, alphas, color)
     if not score < np.inf:
         color[:] = 0.5
         return 0.5
-    ymin = min(v[0, 1], v[1, 1], v[2, 1])
-    ymax = max(v[0, 1], v[1, 1], v[2, 1])
-    r0 = max(0, int(math.ceil(ymin - 0.5)))
-    r1 = min(H - 1, int(math.floor(ymax - 0.5)))
+    ax, ay, bx, by, cx, cy, long_slope, top_slope, bottom_slope = _scan(v)
+    r0 = max(0, int(math.ceil(ay - 0.5)))
+    r1 = min(H - 1, int(math.floor(cy - 0.5)))
     for r in range(r0, r1 + 1):
-        lo, hi = _span(v, r + 0.5, W)
+        lo, hi = _row(ax, ay, bx, by, long_slope, top_slope, bottom_slope, r + 0.5, W)
         for x in range(lo, hi + 1):
             for c in range(C):
                 image[c, r, x] = (1.0 - a) * image[c, r, x] + a * color[c]
