@@ -4,8 +4,8 @@ With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, 
 domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 150 at
 256), longest side 256 px, a Delaunay-mosaic start with twice the triangles, pruned to N during
 the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): on four 256-px photos
-and a 2-core CPU, 3.0-3.7 dB more PSNR at N = 256 in 1.2-1.7x its wall time, 3.3-5.5 dB at
-N = 1024 in 0.7-0.8x, 2.0-2.6 dB at N = 64 (README, performance).
+and a 2-core CPU, 2.9-3.6 dB more PSNR at N = 256 in 1.0-1.25x its wall time, 3.3-5.4 dB at
+N = 1024 in 0.6-0.9x, 1.9-2.6 dB at N = 64 (README, performance).
 Outputs, in ``--out``:
 
 - ``final.png`` the fit; ``comparison.png`` target | fit side by side;
