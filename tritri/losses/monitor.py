@@ -250,7 +250,9 @@ class LossMonitor:
         known = tensor or isinstance(image, np.ndarray)
         if not known or image.ndim not in (3, 4):
             got = tuple(image.shape) if known else type(image).__name__
-            raise ValueError(f"image must be a (B, C, H, W) or (C, H, W) tensor, got {got}")
+            raise ValueError(
+                f"image must be a (B, C, H, W) or (C, H, W) tensor or array, got {got}"
+            )
         if tensor:
             img = image.detach()
             if img.dim() == 3:
