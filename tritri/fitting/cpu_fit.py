@@ -27,14 +27,22 @@ from typing import Any
 
 import numpy as np
 
-from tritri.fitting.schedule import SEARCH, box_blur, lr_factor, move_steps, relocation_placement
+from tritri.fitting.loss_names import PIXEL_LOSSES
+from tritri.fitting.schedule import (
+    SEARCH,
+    StepLog,
+    box_blur,
+    lr_factor,
+    move_steps,
+    relocation_placement,
+)
 from tritri.fitting.starts import logit, sigmoid
 from tritri.mosaic import psnr_np as mosaic_psnr
 
 __all__ = ["CPU_LOSSES", "CpuFitResult", "fit_triangles_cpu", "psnr_np", "render_cpu"]
 
-#: The pixel losses this loop computes.
-CPU_LOSSES = ("l1", "mse")
+#: The losses this loop computes: the pixel ones.
+CPU_LOSSES = PIXEL_LOSSES
 #: GeometricMeanLoss's defaults: epsilon, min_loss_value, regularization_weight.
 _EPS, _MIN_LOSS, _REG_WEIGHT = 1e-8, 1e-4, 0.01
 #: Opacity logit of a pruned slot (as in fit_triangles): opacity ~1e-13, culled by the renderer.
@@ -360,9 +368,7 @@ def fit_triangles_cpu(
         live = live[perm]
         return "relocated"
 
-    changed: str | None = None
-    history: list[dict[str, Any]] = []
-    n_events = 0
+    log = StepLog(monitor, log_every, steps, progress, on_warning, on_log)
     interrupted = False
     step = 0
     best_psnr, best_step, best_state = -math.inf, -1, None
@@ -380,29 +386,10 @@ def fit_triangles_cpu(
             adam.step(params, grads, {k: v * factor for k, v in base_lr.items()})
             if not live.all():
                 params["opacity_logits"][~live] = _DEAD_LOGIT
-            last = step == steps - 1
             moved = move(step, image) if step in events else None
-            if log_every and (step % log_every == 0 or last):
-                if monitor is not None:
-                    record = monitor.log(stats, step, image_std=std, psnr=quality,
-                                         discontinuity=changed)  # fmt: skip
-                    changed = None
-                    seen = monitor.events
-                    for event in seen[n_events:]:
-                        if on_warning is not None:
-                            on_warning(event)
-                    n_events = len(seen)
-                else:
-                    record = {"step": step, **stats, "psnr": quality}
-                history.append(record)
-                if on_log is not None:
-                    on_log(record)
-                if progress is not None:
-                    shown = {n: f"{stats[f'loss/{n}']:.4g}" for n in names}
-                    progress.set_postfix({**shown, "psnr": f"{quality:.2f}"}, refresh=False)
-            if progress is not None:
-                progress.update(1)
-            changed = moved or changed
+            if log.due(step):
+                log.record(step, stats, quality, image_std=std)
+            log.done(step, moved)
         step = steps
     except KeyboardInterrupt:
         interrupted = True
@@ -436,6 +423,6 @@ def fit_triangles_cpu(
         best_step=best_step,
         interrupted=interrupted,
         seconds=seconds,
-        history=history,
+        history=log.history,
         warnings=list(monitor.events) if monitor is not None else [],
     )

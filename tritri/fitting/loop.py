@@ -24,7 +24,13 @@ from torch import Tensor, nn
 
 import tritri
 from tritri.fitting.params import TriangleParams
-from tritri.fitting.schedule import SEARCH, lr_factor, move_steps, relocation_placement
+from tritri.fitting.schedule import (
+    SEARCH,
+    StepLog,
+    lr_factor,
+    move_steps,
+    relocation_placement,
+)
 
 __all__ = ["FitResult", "fit_triangles", "psnr"]
 
@@ -417,12 +423,7 @@ def fit_triangles(
         live = live[perm]
         return "relocated"
 
-    # what the last move did, passed to the monitor with the next logged step (which renders the
-    # deliberately changed scene) so that the change of the total is not taken for a sudden jump
-    changed: str | None = None
-
-    history: list[dict[str, Any]] = []
-    n_events = 0
+    log = StepLog(monitor, log_every, steps, progress, on_warning, on_log)
     interrupted = False
     step = 0
     best_psnr, best_step, best_state = -math.inf, -1, None
@@ -446,39 +447,15 @@ def fit_triangles(
             optimizer.step()
             if not bool(live.all()):
                 params.opacity_logits.data[~live] = _DEAD_LOGIT
-            last = step == steps - 1
             moved = move(step, image.detach()[0]) if step in events else None
-            if log_every and (step % log_every == 0 or last):
+            if log.due(step):
                 stats = dict(getattr(balancer, "stats", {}) or {})
                 if "total" not in stats:
                     stats["total"] = float(total)
                 for name, value in losses.items():
                     stats.setdefault(f"loss/{name}", float(value.detach().mean()))
-                if monitor is not None:
-                    record = monitor.log(stats, step, image=image.detach(), psnr=quality,
-                                         discontinuity=changed)  # fmt: skip
-                    changed = None
-                    events_seen = getattr(monitor, "events", [])
-                    for event in events_seen[n_events:]:
-                        if on_warning is not None:
-                            on_warning(event)
-                    n_events = len(events_seen)
-                else:
-                    record = {"step": step, **stats, "psnr": quality}
-                history.append(record)
-                if on_log is not None:
-                    on_log(record)
-                if progress is not None:
-                    shown = {
-                        k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("loss/")
-                    }
-                    progress.set_postfix(
-                        {**{k: f"{v:.4g}" for k, v in shown.items()}, "psnr": f"{quality:.2f}"},
-                        refresh=False,
-                    )
-            if progress is not None:
-                progress.update(1)
-            changed = moved or changed
+                log.record(step, stats, quality, image=image.detach())
+            log.done(step, moved)
         step = steps
     except KeyboardInterrupt:
         interrupted = True
@@ -509,6 +486,6 @@ def fit_triangles(
         best_step=best_step,
         interrupted=interrupted,
         seconds=seconds,
-        history=history,
+        history=log.history,
         warnings=list(getattr(monitor, "events", [])) if monitor is not None else [],
     )

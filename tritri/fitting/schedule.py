@@ -9,10 +9,12 @@ moves at the same steps.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SEARCH", "box_blur", "lr_factor", "move_steps", "relocation_placement"]
+__all__ = ["SEARCH", "StepLog", "box_blur", "lr_factor", "move_steps", "relocation_placement"]
 
 
 def lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
@@ -37,6 +39,64 @@ def move_steps(
         prune_events = [0]
         events = sorted(set(events) | {0})
     return events, prune_events
+
+
+class StepLog:
+    """The records of a fit loop: every ``every`` steps (and the last of ``steps``) the step's
+    stats go to ``monitor`` (a :class:`tritri.losses.LossMonitor`, or None: plain records), whose
+    new warning events go to ``on_warning``; the record is kept in :attr:`history`, passed to
+    ``on_log`` and its losses and PSNR shown on ``progress`` (a tqdm bar, or None).
+
+    A move that changed the objective on purpose (:meth:`done` with "pruned" / "relocated") is
+    passed to the monitor with the next record, which renders the changed scene, so that the
+    change of the total is not taken for a sudden jump.
+    """
+
+    def __init__(
+        self, monitor: Any, every: int, steps: int, progress: Any = None,
+        on_warning: Callable[[dict[str, Any]], None] | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.monitor, self.every, self.steps = monitor, every, steps
+        self.progress, self.on_warning, self.on_log = progress, on_warning, on_log
+        self.history: list[dict[str, Any]] = []
+        self._changed: str | None = None
+        self._n_events = 0
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is logged."""
+        return bool(self.every) and (step % self.every == 0 or step == self.steps - 1)
+
+    def record(
+        self, step: int, stats: Mapping[str, float], quality: float, **image: Any
+    ) -> dict[str, Any]:
+        """Log ``step``: ``stats`` (the balancer's keys, ``loss/<name>`` among them), its PSNR
+        ``quality`` and ``image=`` or ``image_std=`` for the monitor's uniform-color check."""
+        if self.monitor is not None:
+            record = self.monitor.log(stats, step, psnr=quality, discontinuity=self._changed,
+                                      **image)  # fmt: skip
+            self._changed = None
+            events = getattr(self.monitor, "events", [])
+            if self.on_warning is not None:
+                for event in events[self._n_events :]:
+                    self.on_warning(event)
+            self._n_events = len(events)
+        else:
+            record = {"step": step, **stats, "psnr": quality}
+        self.history.append(record)
+        if self.on_log is not None:
+            self.on_log(record)
+        if self.progress is not None:
+            shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in stats.items() if k[:5] == "loss/"}
+            self.progress.set_postfix({**shown, "psnr": f"{quality:.2f}"}, refresh=False)
+        return record
+
+    def done(self, step: int, moved: str | None) -> None:
+        """End of ``step``, after which the fit ``moved`` triangles ("pruned" / "relocated") or
+        not (None)."""
+        if self.progress is not None:
+            self.progress.update(1)
+        self._changed = moved or self._changed
 
 
 def box_blur(image: np.ndarray, size: int = 5) -> np.ndarray:
