@@ -509,7 +509,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
         )
     balancer = _build_balancer(args, names)
     start, what, n_keep = _start(args, target_np)
-    params = TriangleParams(*(torch.from_numpy(start[k]) for k in _VALUES))
+    params = TriangleParams.from_values(start)
     # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
     continuing = args.init not in ("delaunay", "random")
     out = _out_dir(args)
@@ -559,10 +559,6 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     return _write_outputs(
         args, out, target_np, result.image.cpu().numpy(), values, result, names, start_psnr, t0
     )
-
-
-#: Keys of a fit's triangle values, in TriangleParams' argument order.
-_VALUES = ("verts", "colors", "opacity", "background")
 
 
 def main(argv: list[str] | None = None) -> int:

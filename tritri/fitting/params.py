@@ -69,6 +69,12 @@ class TriangleParams(nn.Module):
         self.opacity_logits = nn.Parameter(_logit(opacity))
         self.background_logits = nn.Parameter(_logit(background))
 
+    @classmethod
+    def from_values(cls, values: dict[str, np.ndarray]) -> TriangleParams:
+        """From a values dict (``verts``, ``colors``, ``opacity``, ``background`` arrays) as
+        :mod:`tritri.fitting.starts` and :meth:`values` give them."""
+        return cls(*(torch.from_numpy(np.asarray(values[k])) for k in VALUE_KEYS))
+
     @property
     def n_triangles(self) -> int:
         return int(self.verts.shape[0])
@@ -94,11 +100,6 @@ class TriangleParams(nn.Module):
         }
 
 
-def _params(values: dict[str, np.ndarray]) -> TriangleParams:
-    """:class:`TriangleParams` from the values dict of :mod:`tritri.fitting.starts`."""
-    return TriangleParams(*(torch.from_numpy(np.asarray(values[k])) for k in VALUE_KEYS))
-
-
 def init_random(
     target: Tensor, n_triangles: int, *, seed: int = 0, size: float = 0.12
 ) -> TriangleParams:
@@ -108,7 +109,7 @@ def init_random(
 
     ``target`` is ``(3, H, W)`` in [0, 1].
     """
-    return _params(random_start(target, n_triangles, seed=seed, size=size))
+    return TriangleParams.from_values(random_start(target, n_triangles, seed=seed, size=size))
 
 
 def init_delaunay(
@@ -128,7 +129,7 @@ def init_delaunay(
     the bottom). If degenerate sampling gave fewer triangles than asked for, random ones fill up.
     """
     values = delaunay_start(target, n_triangles, seed=seed, opacity=opacity, grow_px=grow_px)
-    return _params(values)
+    return TriangleParams.from_values(values)
 
 
 def save_triangles_json(
@@ -156,4 +157,4 @@ def load_triangles_json(path: str | os.PathLike[str]) -> tuple[TriangleParams, d
     (:func:`tritri.fitting.starts.read_triangles_json`).
     """
     values, meta = read_triangles_json(path)
-    return _params(values), meta
+    return TriangleParams.from_values(values), meta
