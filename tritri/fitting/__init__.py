@@ -15,8 +15,7 @@ Names are imported on first use, so that the torch-free modules (``tritri.fittin
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tritri._lazy import lazy_getattr
 
 _EXPORTS = {
     "FitLosses": "tritri.fitting.objective",
@@ -42,11 +41,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tritri.fitting' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

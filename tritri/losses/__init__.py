@@ -5,8 +5,7 @@ Names are imported on first use so that ``import tritri.losses`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tritri._lazy import lazy_getattr
 
 _EXPORTS = {
     # image losses on one shared VGG16 pass
@@ -29,8 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tritri.losses' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
