@@ -10,11 +10,13 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from tritri.fitting.starts import as_numpy
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,16 +81,9 @@ def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> 
     return torch.from_numpy(load_image_array(path, size))
 
 
-def _as_array(x: Any) -> np.ndarray:
-    """A torch tensor (any device, with or without grad) or array-like as a float32 numpy array."""
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
 def to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
     """``(3, H, W)`` tensor or array in [0, 1] -> ``(H, W, 3)`` uint8 array."""
-    arr = np.clip(_as_array(image), 0.0, 1.0).transpose(1, 2, 0)
+    arr = np.clip(as_numpy(image), 0.0, 1.0).transpose(1, 2, 0)
     return (arr * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
@@ -184,13 +179,8 @@ def save_svg(
     edges; without it each triangle is one hard-edged polygon.
     """
 
-    def arr(x: np.ndarray | Tensor) -> np.ndarray:
-        if hasattr(x, "detach"):  # a torch tensor
-            x = x.detach().cpu().numpy()
-        return np.asarray(x, dtype=np.float64)
-
-    v = arr(verts) * np.array([width, height], dtype=np.float64)
-    c, o, bg = arr(colors), arr(opacity), arr(background)
+    v = as_numpy(verts, np.float64) * np.array([width, height], dtype=np.float64)
+    c, o, bg = (as_numpy(x, np.float64) for x in (colors, opacity, background))
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

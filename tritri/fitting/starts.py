@@ -25,6 +25,7 @@ __all__ = [
     "JSON_FORMAT",
     "JSON_VERSION",
     "VALUE_KEYS",
+    "as_numpy",
     "check_triangle_shapes",
     "delaunay_start",
     "logit",
@@ -59,8 +60,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
-def _as_array(x: Any, dtype: type = np.float32) -> np.ndarray:
-    """A torch tensor (any device, with or without grad) or array-like as a numpy array."""
+def as_numpy(x: Any, dtype: type = np.float32) -> np.ndarray:
+    """A torch tensor (any device, with or without grad) or array-like as a numpy array of
+    ``dtype`` (float32 or float64), without importing torch."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
         x = (x.double() if dtype == np.float64 else x.float()).numpy()
@@ -68,7 +70,7 @@ def _as_array(x: Any, dtype: type = np.float32) -> np.ndarray:
 
 
 def _image(target: Any) -> np.ndarray:
-    img = _as_array(target)
+    img = as_numpy(target)
     if img.ndim != 3 or img.shape[0] != 3:
         raise ValueError(f"target must be a (3, H, W) image, got {tuple(img.shape)}")
     return img
@@ -193,7 +195,7 @@ def write_triangles_json(
     spans the image; multiply by width / height for pixels), colors and opacities in [0, 1], index
     order = draw order. :func:`read_triangles_json` reads it back.
     """
-    vals = {k: _as_array(values[k], np.float64) for k in VALUE_KEYS}
+    vals = {k: as_numpy(values[k], np.float64) for k in VALUE_KEYS}
     n = check_triangle_shapes(*(vals[k].shape for k in VALUE_KEYS))
     data: dict[str, Any] = {
         "format": JSON_FORMAT,
