@@ -240,7 +240,7 @@ def test_cli_cpu_fit_beside_the_torch_loop(tmp_path):
     from tritri.cli import main
 
     common = ["fit", "--size", "40", "-n", "16", "--steps", "40", "-q"]
-    assert main([*common, "--out", str(tmp_path / "cpu")]) == 0
+    assert main([*common, "--backend", "numba", "--out", str(tmp_path / "cpu")]) == 0
     assert main([*common, "--backend", "torch", "--out", str(tmp_path / "torch")]) == 0
     a = json.loads((tmp_path / "cpu" / "triangles.json").read_text())["psnr"]
     b = json.loads((tmp_path / "torch" / "triangles.json").read_text())["psnr"]
@@ -265,12 +265,17 @@ def test_which_loop_runs(extra, expected, monkeypatch):
 
     from tritri import fit
 
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(fit, "_cuda_possible", lambda: False)
     parser = argparse.ArgumentParser()
     fit.add_arguments(parser)
     assert fit._cpu_fit_applies(parser.parse_args(extra)) is expected
     monkeypatch.setattr(fit, "_cuda_possible", lambda: True)
     assert fit._cpu_fit_applies(parser.parse_args(extra)) is (expected and "--device" in extra)
+    # under the Triton interpreter "auto" means Triton, as for tritri.render; numba stays numba
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(fit, "_cuda_possible", lambda: False)
+    assert fit._cpu_fit_applies(parser.parse_args(extra)) is (expected and "numba" in extra)
 
 
 def test_vgg_file_name_matches_the_url():

@@ -159,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=("auto", "numba", "torch", "triton"),
         help="tritri.render backend (auto: Triton on CUDA, the compiled numba rasterizer on the "
-        "CPU)",
+        "CPU, Triton's interpreter under TRITON_INTERPRET=1)",
     )  # fmt: skip
     parser.add_argument("--out", default=d["out"], help="output directory (default: %(default)s)")
     parser.add_argument(
@@ -316,13 +316,16 @@ def _cuda_possible() -> bool:
 
 def _cpu_fit_applies(args: argparse.Namespace) -> bool:
     """Whether this fit runs as the torch-free CPU fit (:mod:`tritri.fitting.cpu_fit`): on the
-    CPU, with the numba rasterizer, pixel losses only and the default geometric-mean balancer.
-    Anything else (a GPU, other losses, balancers or backends) runs the torch loop."""
+    CPU, with the numba rasterizer (``--backend numba``, or ``auto`` without TRITON_INTERPRET=1),
+    pixel losses only and the default geometric-mean balancer. Anything else (a GPU, other
+    losses, balancers or backends, the Triton interpreter) runs the torch loop."""
     from tritri.fitting.loss_names import PIXEL_LOSSES, parse_losses
     from tritri.numba_raster import numba_available
 
     if args.backend not in ("auto", "numba") or args.config is not None:
         return False
+    if args.backend == "auto" and os.environ.get("TRITON_INTERPRET") == "1":
+        return False  # "auto" then means Triton's interpreter, as for tritri.render (SPEC)
     if args.balancer != "geometric_mean":
         return False
     if args.device == "auto" and _cuda_possible() or args.device not in ("auto", "cpu"):
