@@ -137,18 +137,19 @@ def _score(v, sums, H, W, acc, alphas, color):
 
 
 @njit(**_OPTS)
-def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1):
-    """Hill-climb the candidates [c0, c1): each starts as a random triangle of radius about
-    ``size`` px around its center (``centers`` (n, 2) pixels) and takes ``mutations`` random vertex
-    moves, kept when they lower the error change. Writes each one's error change ``out_score``
-    (n,) and vertices ``out_v`` (n, 3, 2). Candidate ``i`` draws from its own seeded stream, so
-    the result does not depend on how the range is split between threads."""
+def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1, step):
+    """Hill-climb the candidates ``range(c0, c1, step)``: each starts as a random triangle of
+    radius about ``size`` px around its center (``centers`` (n, 2) pixels) and takes
+    ``mutations`` random vertex moves, kept when they lower the error change. Writes each one's
+    error change ``out_score`` (n,) and vertices ``out_v`` (n, 3, 2). Candidate ``i`` draws from
+    its own seeded stream, so the result does not depend on how the range is split between
+    threads."""
     H, W, C = sums.shape[0], sums.shape[1] - 1, sums.shape[2] // _SUMS
     acc = np.empty(1 + _SUMS * C)
     color = np.empty(C)
     v = np.empty((3, 2))
     trial = np.empty((3, 2))
-    for i in range(c0, c1):
+    for i in range(c0, c1, step):
         np.random.seed(seed + i)
         cx, cy = centers[i, 0], centers[i, 1]
         angle = np.random.random() * 2.0 * math.pi

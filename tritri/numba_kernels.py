@@ -72,13 +72,16 @@ def _tri_tiles(c, H: int, W: int, tile: int, ntx: int, nty: int) -> tuple[int, i
 
 
 @njit(**_OPTS)
-def bin_count(edges, cull, H: int, W: int, tile: int, counts, r0: int, r1: int) -> None:
-    """Number of listed triangles per (image, tile) of the (image, tile row) items [r0, r1):
-    counts (B * n_tiles,) int64, filled here. No two rows write the same counter."""
+def bin_count(
+    edges, cull, H: int, W: int, tile: int, counts, r0: int, r1: int, step: int
+) -> None:  # fmt: skip
+    """Number of listed triangles per (image, tile) of the (image, tile row) items
+    ``range(r0, r1, step)``: counts (B * n_tiles,) int64, filled here. No two rows write the same
+    counter."""
     N = edges.shape[1]
     ntx = (W + tile - 1) // tile
     nty = (H + tile - 1) // tile
-    for r in range(r0, r1):
+    for r in range(r0, r1, step):
         b = r // nty
         ty = r % nty
         ymin = ty * tile + 0.5
@@ -98,13 +101,15 @@ def bin_count(edges, cull, H: int, W: int, tile: int, counts, r0: int, r1: int) 
 
 
 @njit(**_OPTS)
-def bin_fill(edges, cull, H: int, W: int, tile: int, start, tri_list, r0: int, r1: int) -> None:
+def bin_fill(
+    edges, cull, H: int, W: int, tile: int, start, tri_list, r0: int, r1: int, step: int
+) -> None:  # fmt: skip
     """Write each (image, tile)'s triangles, in index order, to ``tri_list[start[w]:...]``, for the
-    (image, tile row) items [r0, r1)."""
+    (image, tile row) items ``range(r0, r1, step)``."""
     N = edges.shape[1]
     ntx = (W + tile - 1) // tile
     nty = (H + tile - 1) // tile
-    for r in range(r0, r1):
+    for r in range(r0, r1, step):
         b = r // nty
         ty = r % nty
         ymin = ty * tile + 0.5
@@ -169,9 +174,9 @@ def _edge_z(e, px, py):
 @njit(**_OPTS)
 def raster_forward(
     edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex, out_color,
-    out_T, w0, w1,
+    out_T, w0, w1, step,
 ) -> None:  # fmt: skip
-    """Composite the (image, tile) items [w0, w1) front to back.
+    """Composite the (image, tile) items ``range(w0, w1, step)`` front to back.
 
     out_color (B, C, H, W): premultiplied color without background; out_T (B, H, W): final
     transmittance. Both fp32, written here.
@@ -181,7 +186,7 @@ def raster_forward(
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
     P = tile * tile
-    for w in range(w0, w1):
+    for w in range(w0, w1, step):
         b = w // n_tiles
         t = w % n_tiles
         row0 = (t // ntx) * tile
@@ -248,10 +253,10 @@ def raster_forward(
 @njit(**_OPTS)
 def raster_backward(
     edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex,
-    color, T_final, grad_color, grad_T, part, w0, w1,
+    color, T_final, grad_color, grad_T, part, w0, w1, step,
 ) -> None:  # fmt: skip
-    """For the (image, tile) items [w0, w1): replay each tile's walk and write every listed pair's
-    gradient to its row of ``part``.
+    """For the (image, tile) items ``range(w0, w1, step)``: replay each tile's walk and write
+    every listed pair's gradient to its row of ``part``.
 
     part (n_pairs, K) fp32, K = 9 (edges) + 1 (opacity) + 9 (bary) + V * C (colors); row ``pos`` is
     the pair at ``tri_list[pos]``. Per pixel, with g the color gradient, S the color composited
@@ -264,7 +269,7 @@ def raster_backward(
     n_tiles = ntx * nty
     P = tile * tile
     K = part.shape[1]  # 19 + V * C
-    for w in range(w0, w1):
+    for w in range(w0, w1, step):
         b = w // n_tiles
         t = w % n_tiles
         row0 = (t // ntx) * tile
@@ -395,11 +400,11 @@ def reduce_pairs(part, tri_list, start, end, n_tiles, B, N, K):
 @njit(**_OPTS)
 def removal_cost(
     edges, colors, opacity, cull, start, end, tri_list, H, W, tile, color, T_final, background,
-    target, part, w0, w1,
+    target, part, w0, w1, step,
 ) -> None:  # fmt: skip
-    """Per listed pair of the (image, tile) items [w0, w1), flat colors only: ``part[pos, 0]`` the
-    change of the squared error sum over the tile's pixels if the triangle were removed, and
-    ``part[pos, 1]`` its visible weight (sum over pixels of alpha * T).
+    """Per listed pair of the (image, tile) items ``range(w0, w1, step)``, flat colors only:
+    ``part[pos, 0]`` the change of the squared error sum over the tile's pixels if the triangle
+    were removed, and ``part[pos, 1]`` its visible weight (sum over pixels of alpha * T).
 
     Removing triangle n at a pixel scales what lies under it by 1 / (1 - alpha) (ignoring that the
     pixel might then not stop early): delta = a (R / (1 - a) - t c_n), with R the color composited
@@ -411,7 +416,7 @@ def removal_cost(
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
     P = tile * tile
-    for w in range(w0, w1):
+    for w in range(w0, w1, step):
         b = w // n_tiles
         t = w % n_tiles
         row0 = (t // ntx) * tile
