@@ -6,7 +6,9 @@
 
 Both tools get the same target: the image resized (Lanczos) to ``--size`` px on its long side and
 rounded to 8 bits, written to a temporary file. Each run is one whole process, timed from start to
-exit:
+exit, and each pair is run ``--repeat`` times (default 3); the table gives the median of each
+tool's wall times and of its PSNRs (geometrize is randomized, tritri is not), so that one slow
+run on a shared machine does not decide a row:
 
 - **geometrize**: ``node perf/geometrize_driver.js`` on that target as raw RGBA (no image decoding
   on its side): triangles only, shape alpha 128, 50 candidate shapes x 100 mutations per shape,
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tritri-args", default="", help="extra tritri fit arguments, e.g. '--steps 200'"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each tool per row (median; default: 3)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument(
         "--skip-tritri", action="store_true", help="run geometrize only (its side of the table)"
@@ -166,18 +171,28 @@ def main(argv: list[str] | None = None) -> int:
             target, png, raw = prepare_target(image, args.size, workdir)
             h, w, _ = target.shape
             for n in args.n:
-                if args.skip_tritri:
-                    t_img, t_sec = np.zeros_like(target), math.nan
-                else:
-                    t_img, t_sec = run_tritri(png, n, args.size, workdir, extra)
-                g_img, g_sec = run_geometrize(
-                    raw, (h, w), n, workdir, args.geometrize_dir, args.candidates,
-                    args.mutations, args.alpha,
-                )  # fmt: skip
+                runs: dict[str, list[float]] = {k: [] for k in ("gp", "gs", "tp", "ts")}
+                for _ in range(max(1, args.repeat)):
+                    if args.skip_tritri:
+                        t_img, t_sec = np.zeros_like(target), math.nan
+                    else:
+                        t_img, t_sec = run_tritri(png, n, args.size, workdir, extra)
+                    g_img, g_sec = run_geometrize(
+                        raw, (h, w), n, workdir, args.geometrize_dir, args.candidates,
+                        args.mutations, args.alpha,
+                    )  # fmt: skip
+                    runs["tp"].append(_psnr(t_img, target))
+                    runs["ts"].append(t_sec)
+                    runs["gp"].append(_psnr(g_img, target))
+                    runs["gs"].append(g_sec)
                 row = {
                     "image": name, "width": w, "height": h, "n": n,
-                    "geometrize_psnr": _psnr(g_img, target), "geometrize_s": g_sec,
-                    "tritri_psnr": _psnr(t_img, target), "tritri_s": t_sec,
+                    "geometrize_psnr": float(np.median(runs["gp"])),
+                    "geometrize_s": float(np.median(runs["gs"])),
+                    "tritri_psnr": float(np.median(runs["tp"])),
+                    "tritri_s": float(np.median(runs["ts"])),
+                    "runs": {"geometrize_psnr": runs["gp"], "geometrize_s": runs["gs"],
+                             "tritri_psnr": runs["tp"], "tritri_s": runs["ts"]},
                 }  # fmt: skip
                 row["gain_db"] = row["tritri_psnr"] - row["geometrize_psnr"]
                 row["time_ratio"] = t_sec / g_sec
@@ -192,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; geometrize: "
         f"triangles, alpha {args.alpha}, {args.candidates} candidates x {args.mutations} "
-        f"mutations; tritri fit: {settings}\n"
+        f"mutations; tritri fit: {settings}; median of {max(1, args.repeat)} runs each\n"
     )
     print("| photo | N | geometrize | tritri fit | gain | time ratio |")
     print("|---|---:|---|---|---:|---:|")
