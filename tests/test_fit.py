@@ -240,7 +240,7 @@ def test_monitor_warnings_are_shown_and_the_best_step_kept(tmp_path, capsys):
         (["--size", "4"], "--size must be >= 8"),
         (["--lr", "0"], "--lr must be > 0"),
         (["no/such/image.png"], "no such image file"),
-        (["--init", "no/such.json"], "--init must be delaunay, random or a triangles.json"),
+        (["--init", "no/such.json"], "--init must be greedy, delaunay, random or a triangles.json"),
         (["--losses", "l1,sharpness"], "unknown loss sharpness"),
         (["--balancer", "nonesuch"], "unknown balancer type"),
         (["--config", "no/such.yaml"], "--config: no such file"),

@@ -130,3 +130,65 @@ def test_relocation_placement_shapes_and_effect(search):
             old = ((work[:, mask] - target[:, mask]) ** 2).sum()
             work[:, mask] = (1 - a) * work[:, mask] + a * c[:, None]
             assert ((work[:, mask] - target[:, mask]) ** 2).sum() < old
+
+
+def test_greedy_search_keeps_the_total_search_about_constant():
+    from tritri.fitting.schedule import greedy_search
+
+    assert greedy_search(10) == greedy_search(64) == (16, 200)
+    assert greedy_search(256) == (8, 100)
+    assert greedy_search(1024) == (4, 50)
+    for n in (64, 100, 256, 700, 1024):
+        c, m = greedy_search(n)
+        assert 0.8 < c * m * n / (16 * 200 * 64) < 1.25
+
+
+def _two_tone_target(H=32, W=48):
+    """Two overlapping flat triangles on a flat ground: a greedy start of 16 must fit it well."""
+    target = np.full((3, H, W), 0.15, np.float32)
+    a = np.array([[4.0, 3.0], [40.0, 6.0], [12.0, 29.0]])
+    b = np.array([[44.0, 30.0], [20.0, 12.0], [46.0, 2.0]])
+    target[:, _inside(a, H, W)] = np.array([0.9, 0.6, 0.2], np.float32)[:, None]
+    target[:, _inside(b, H, W)] = np.array([0.1, 0.4, 0.8], np.float32)[:, None]
+    return target
+
+
+def test_greedy_start_places_big_triangles_first_and_fits_the_target():
+    from tritri.fitting.cpu_fit import psnr_np, render_cpu
+    from tritri.fitting.starts import delaunay_start, greedy_start
+
+    target = _two_tone_target()
+    _, H, W = target.shape
+    values = greedy_start(target, 24, seed=3)
+    assert values["verts"].shape == (24, 3, 2) and values["colors"].shape == (24, 3)
+    assert values["opacity"].shape == (24,) and values["background"].shape == (3,)
+    assert all(v.dtype == np.float32 for v in values.values())
+    np.testing.assert_allclose(values["background"], target.mean(axis=(1, 2)), rtol=1e-6)
+    assert np.abs(values["opacity"][:, None] - ALPHAS[None]).min(axis=1).max() < 1e-6
+    assert np.all((values["colors"] >= 0) & (values["colors"] <= 1))
+    v = values["verts"] * np.array([W, H])
+    d1, d2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
+    area = 0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
+    assert area[:8].mean() > 2 * area[16:].mean()  # batches of 8, 8, 8: later ones smaller
+    greedy = psnr_np(render_cpu(values, H, W, 0.5), target)
+    flat = psnr_np(np.broadcast_to(values["background"][:, None, None], target.shape), target)
+    mosaic = psnr_np(render_cpu(delaunay_start(target, 24), H, W, 0.5), target)
+    assert greedy > flat + 8 and greedy > mosaic + 2, (greedy, flat, mosaic)
+    again = greedy_start(target, 24, seed=3)
+    for key in values:
+        np.testing.assert_array_equal(values[key], again[key])
+    assert not np.array_equal(greedy_start(target, 24, seed=4)["verts"], values["verts"])
+
+
+def test_greedy_start_without_numba_is_the_mosaic(monkeypatch):
+    import tritri.numba_raster as numba_raster
+    from tritri.fitting.starts import delaunay_start, greedy_start
+
+    target = _two_tone_target()
+    monkeypatch.setattr(numba_raster, "numba_available", lambda: False)
+    values = greedy_start(target, 12, seed=1)
+    mosaic = delaunay_start(target, 12, seed=1)
+    for key in values:
+        np.testing.assert_array_equal(values[key], mosaic[key])
+    with pytest.raises(ValueError, match="n_triangles"):
+        greedy_start(target, 0)

@@ -79,7 +79,8 @@ def test_short_runs_prune_at_once():
 
 def test_default_steps_fall_with_the_triangle_count():
     assert default_steps(64) == 300
-    assert default_steps(256) == 150
+    assert default_steps(128) == 174
+    assert default_steps(256) == 100
     assert default_steps(1024) == 100
     assert default_steps(16) == 300
 

@@ -1,11 +1,11 @@
 """``tritri fit [IMAGE]``: fit an image with N colored, semi-transparent triangles.
 
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
-domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 150 at
-256), longest side 256 px, a Delaunay-mosaic start with twice the triangles, pruned to N during
-the fit -- were chosen against geometrize (perf/fit_vs_geometrize.py): on four 256-px photos
-and a 2-core CPU, 2.9-3.6 dB more PSNR at N = 256 in 1.0-1.25x its wall time, 3.3-5.4 dB at
-N = 1024 in 0.6-0.9x, 1.9-2.6 dB at N = 64 (README, performance).
+domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 100 at
+256), longest side 256 px, a greedy start (:func:`tritri.fitting.starts.greedy_start`: the
+triangles placed one by one where they cut the error most, as geometrize does, then refined
+together by gradient steps) -- were chosen against geometrize (perf/fit_vs_geometrize.py;
+figures in the README's performance section).
 Outputs, in ``--out``:
 
 - ``final.png`` the fit; ``comparison.png`` target | fit side by side;
@@ -34,7 +34,6 @@ Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -59,17 +58,19 @@ DEFAULTS: dict[str, Any] = {
 
 _PROG = "tritri fit"
 
-#: A fresh fit starts with this many times the triangles it keeps and prunes down (see
-#: :func:`tritri.fitting.fit_triangles`).
+#: The ``--init`` values that start a fresh fit (anything else is a triangles.json to continue).
+FRESH_STARTS = ("greedy", "delaunay", "random")
+#: The Delaunay and random starts have this many times the triangles the fit keeps and are pruned
+#: down (see :func:`tritri.fitting.fit_triangles`).
 OVERCOMPLETE = 2.0
 
 
 def default_steps(n_triangles: int) -> int:
-    """Steps of a default fit: fewer for more triangles, whose steps cost more (each triangle
-    needs fewer steps too) -- sized so that the whole CPU run takes 5-7 s on a 2-core machine at
-    any N (geometrize takes 1-10 s; README, performance); 20 % fewer steps cost ~0.2 dB at
-    N = 256, 20 % more buy ~0.1."""
-    return int(min(300, max(100, round(150 * math.sqrt(256 / max(n_triangles, 1))))))
+    """Steps of a default fit: fewer for more triangles, whose steps cost more (and which need
+    fewer each): 300 at N <= 64, 100 at N >= 256 (``100 (256 / N)^0.8`` between), sized with
+    the greedy start so that the whole CPU run at N >= 256 takes no longer than geometrize's
+    (README, performance). At N = 256, 20 % more steps buy ~0.1 dB."""
+    return int(min(300, max(100, round(100 * (256 / max(n_triangles, 1)) ** 0.8))))
 
 
 class _UsageError(Exception):
@@ -131,9 +132,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="balancer config file (layout: loss: {type: geometric_mean, epsilon: 1e-8, ...})",
     )  # fmt: skip
     parser.add_argument(
-        "--init", default="delaunay", metavar="delaunay|random|FILE.json",
-        help="start: the Delaunay mosaic of the image, random triangles, or a triangles.json to "
-        "continue from (default: %(default)s)",
+        "--init", default="greedy", metavar="greedy|delaunay|random|FILE.json",
+        help="start: triangles placed greedily where the error is (geometrize's hill climbing), "
+        "the Delaunay mosaic of the image, random triangles, or a triangles.json to continue "
+        "from (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--lr",
@@ -273,13 +275,21 @@ def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
 def _start(args: argparse.Namespace, target) -> tuple[dict[str, Any], str, int]:
     """The triangles to start from (numpy values: verts, colors, opacity, background), what they
     are, and how many the fit keeps. ``target`` is the (3, H, W) numpy image."""
-    from tritri.fitting.starts import delaunay_start, random_start, read_triangles_json
+    from tritri.fitting.starts import (
+        delaunay_start,
+        greedy_start,
+        random_start,
+        read_triangles_json,
+    )
 
     n = args.triangles if args.triangles is not None else DEFAULTS["triangles"]
-    if args.init in ("delaunay", "random"):
+    if args.init in FRESH_STARTS:
         if args.steps is None:
             args.steps = default_steps(n)
-        # A fresh start is over-complete (pruned to n during the fit) unless the run is short.
+        if args.init == "greedy":
+            return greedy_start(target, n, seed=args.seed, sigma=args.sigma), "greedy placement", n
+        # The mosaic and random starts are over-complete (pruned to n during the fit) unless the
+        # run is short.
         m = max(n, round(OVERCOMPLETE * n)) if args.steps >= 20 else n
         if args.init == "delaunay":
             return delaunay_start(target, m, seed=args.seed), "Delaunay mosaic", n
@@ -287,7 +297,7 @@ def _start(args: argparse.Namespace, target) -> tuple[dict[str, Any], str, int]:
     path = Path(args.init)
     if not path.is_file():
         raise _UsageError(
-            f"--init must be delaunay, random or a triangles.json; {args.init!r} is none"
+            f"--init must be greedy, delaunay, random or a triangles.json; {args.init!r} is none"
         )
     try:
         values, _ = read_triangles_json(path)
@@ -471,7 +481,7 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
             start, target, steps=args.steps, losses=names, monitor=monitor, lr=args.lr,
             lr_verts_px=args.lr_verts, sigma=args.sigma, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=0.1 if args.init not in ("delaunay", "random") else 0.0, keep=n_keep,
+            warmup=0.1 if args.init not in FRESH_STARTS else 0.0, keep=n_keep,
         )  # fmt: skip
     finally:
         bar.close()
@@ -514,7 +524,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     start, what, n_keep = _start(args, target_np)
     params = TriangleParams.from_values(start)
     # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
-    continuing = args.init not in ("delaunay", "random")
+    continuing = args.init not in FRESH_STARTS
     out = _out_dir(args)
     if note is not None:
         _note(note)

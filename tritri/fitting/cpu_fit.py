@@ -29,9 +29,9 @@ import numpy as np
 
 from tritri.fitting.loss_names import PIXEL_LOSSES
 from tritri.fitting.schedule import (
-    SEARCH,
     StepLog,
     box_blur,
+    greedy_search,
     lr_factor,
     move_steps,
     relocation_placement,
@@ -272,7 +272,7 @@ def fit_triangles_cpu(
     reseed_every: int = 5,
     reseed_until: float = 0.8,
     reseed_fraction: float = 0.1,
-    search: tuple[int, int] = SEARCH,
+    search: tuple[int, int] | None = None,
     seed: int = 0,
     keep_best: bool = True,
     progress: Any = None,
@@ -314,6 +314,7 @@ def fit_triangles_cpu(
     keep = M if keep is None else int(keep)
     if not 1 <= keep <= M:
         raise ValueError(f"keep must be in [1, {M}] (the triangles given), got {keep}")
+    search = greedy_search(keep) if search is None else tuple(search)
     scene = _Scene(params, H, W, sigma)
     longest = max(H, W)
     base_lr = {

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SEARCH", "StepLog", "box_blur", "lr_factor", "move_steps", "relocation_placement"]
+__all__ = [
+    "StepLog",
+    "box_blur",
+    "greedy_search",
+    "lr_factor",
+    "move_steps",
+    "relocation_placement",
+]
 
 
 def lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
@@ -119,12 +126,19 @@ def box_blur(image: np.ndarray, size: int = 5) -> np.ndarray:
     return out
 
 
-#: Relocation search of both fit loops: candidates and mutations per relocated triangle
-#: (:func:`relocation_placement`). Measured on four 256-px photos with the CPU fit: against
-#: relocating 2 % every 10 steps to error-weighted pixels, greedy placement of 10 % every 5 steps
-#: gains 0.4-0.6 dB at N = 64, 0.3-0.4 at 256 and 0.2-0.65 at 1024, for 0.8 s more at N = 256 on
-#: 2 cores; more candidates or mutations add under 0.1 dB.
-SEARCH = (16, 200)
+def greedy_search(n_triangles: int) -> tuple[int, int]:
+    """``(candidates, mutations)`` per triangle of the greedy placement
+    (:func:`relocation_placement`) in a fit of ``n_triangles``, for its start
+    (:func:`tritri.fitting.starts.greedy_start`) and its relocations: (16, 200) up to 64
+    triangles, each scaled by ``sqrt(64 / n)`` beyond (256: (8, 100); 1024: (4, 50)), so that a
+    search costs about the same at any count (smaller triangles, more of them).
+
+    Measured on four 256-px photos with the CPU fit from the greedy start: (8, 100) at N = 64
+    ends 0.13 dB lower than (16, 200); at N = 256 and 1024, (16, 200) is worth 0.03 dB more
+    for 0.2-0.6 s. (Before the greedy start, relocating 10 % every 5 steps greedily instead of
+    2 % every 10 steps at error-weighted pixels gained 0.2-0.65 dB at every N.)"""
+    scale = min(1.0, math.sqrt(64.0 / max(1, n_triangles)))
+    return max(2, round(16 * scale)), max(20, round(200 * scale))
 
 
 def _error_centers(
@@ -139,13 +153,14 @@ def _error_centers(
 
 def relocation_placement(
     image: np.ndarray, target: np.ndarray, k: int, n_live: int, rng: np.random.Generator, *,
-    search: tuple[int, int] = SEARCH, blurred_target: np.ndarray | None = None,
+    search: tuple[int, int] | None = None, blurred_target: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """New vertices ``(k, 3, 2)`` (normalized), colors ``(k, 3)`` and opacities ``(k,)`` for ``k``
     triangles relocated on top of ``image`` (``(3, H, W)``, rendered without them) to fit
     ``target``; their size is about ``0.5 / sqrt(n_live)`` of the longest side.
 
-    ``search = (candidates, mutations)``: each triangle is placed greedily, one after the other
+    ``search = (candidates, mutations)`` (default :func:`greedy_search` of ``n_live``): each
+    triangle is placed greedily, one after the other
     (:func:`tritri.numba_greedy.place`): the best, by the exact change of the squared error with
     its best color and opacity, of ``candidates`` random triangles around pixels drawn in
     proportion to the (box-blurred) squared error, each hill-climbed by ``mutations`` vertex
@@ -156,7 +171,7 @@ def relocation_placement(
     from tritri.numba_raster import numba_available
 
     _, H, W = target.shape
-    candidates, mutations = search
+    candidates, mutations = greedy_search(n_live) if search is None else search
     if candidates > 0 and numba_available():
         from tritri.numba_greedy import place
 
