@@ -86,15 +86,23 @@ def test_default_steps_fall_with_the_triangle_count():
 
 
 def test_fit_imports_nothing_it_does_not_use(tmp_path):
-    """No torch._dynamo (torch.optim), no matplotlib, no other subcommand's module."""
+    """No torch._dynamo (torch.optim), no matplotlib, no other subcommand's module, no
+    scipy.linalg (numba's BLAS probe, answered by tritri.fit._skip_blas_probe)."""
     code = (
         "import sys\n"
         "from tritri.cli import main\n"
         f"rc = main(['fit', '--size', '16', '-n', '4', '--steps', '2', '-q', '--out', "
         f"{str(tmp_path / 'run')!r}])\n"
         "heavy = [m for m in ('torch._dynamo', 'matplotlib', 'tritri.tuning.tune', 'triton',"
-        " 'torchvision') if m in sys.modules]\n"
+        " 'torchvision', 'scipy.linalg') if m in sys.modules]\n"
         "assert rc == 0 and not heavy, heavy\n"
+        # numba's BLAS probe was answered without scipy.linalg, which is still importable
+        "import numba.np.arraymath as am\n"
+        "assert am._HAVE_BLAS is False\n"
+        "try:\n"
+        "    import scipy.linalg.cython_blas\n"
+        "except ModuleNotFoundError as err:\n"
+        "    assert err.name.split('.')[0] != 'scipy' or 'halted' not in str(err), err\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TORCH_HOME"] = str(tmp_path / "torch_home")

@@ -459,8 +459,31 @@ def _write_outputs(
     return 130 if result.interrupted else 0
 
 
+def _skip_blas_probe() -> None:
+    """Answer numba's BLAS probe with "none" without importing scipy.linalg.
+
+    When numba's CPU target first loads it imports ``scipy.linalg.cython_blas`` (in
+    ``numba.np.arraymath``) to learn whether ``np.dot`` and friends can be compiled: 0.1-0.25 s
+    of a 2-s fit on a 2-core machine, and the fit's kernels use no BLAS. So ``tritri fit``'s own
+    process (never the library: a user's njit code may want BLAS) imports that numba module with
+    the scipy module masked (``None`` in ``sys.modules`` makes its import fail at once), then
+    unmasks it; scipy itself stays importable."""
+    name = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or name in sys.modules:
+        return
+    sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import numba.np.arraymath  # noqa: F401  (runs the probe once)
+    except ImportError:
+        pass
+    finally:
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+
+
 def _run_cpu(args: argparse.Namespace, target) -> int:
     """The fit without torch: numpy, numba (:func:`tritri.fitting.cpu_fit.fit_triangles_cpu`)."""
+    _skip_blas_probe()
     from tritri.fitting.cpu_fit import fit_triangles_cpu, psnr_np, render_cpu
     from tritri.fitting.loss_names import cached_vgg_weights_file
     from tritri.losses.monitor import LossMonitor
