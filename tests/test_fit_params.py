@@ -16,6 +16,7 @@ from tritri.fitting import (
     TriangleParams,
     fit_triangles,
     init_delaunay,
+    init_greedy,
     init_random,
     load_image,
     load_triangles_json,
@@ -101,6 +102,16 @@ def test_starts():
         return psnr(img, target)
 
     assert start_psnr(dl) > start_psnr(rnd) + 1
+    # tritri fit's start: the numpy greedy start as parameters, better than the mosaic here
+    gr = init_greedy(target, 40, seed=2)
+    assert gr.n_triangles == 40
+    from tritri.fitting.starts import greedy_start
+
+    expected = greedy_start(target.numpy(), 40, seed=2)
+    v, c, o, bg = gr()
+    np.testing.assert_allclose(v.detach().numpy(), expected["verts"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c.detach().numpy(), expected["colors"], atol=2e-3)  # logit clamp
+    assert start_psnr(gr) > start_psnr(dl)
 
 
 def test_fit_triangles_improves_and_handles_interrupt():

@@ -1,7 +1,8 @@
 """Image fitting with triangles: what ``tritri fit`` runs, usable from Python.
 
-- :mod:`tritri.fitting.params`: :class:`TriangleParams` and the starts (:func:`init_delaunay`,
-  :func:`init_random`, :func:`load_triangles_json`), :func:`save_triangles_json`;
+- :mod:`tritri.fitting.params`: :class:`TriangleParams` and the starts (:func:`init_greedy`,
+  :func:`init_delaunay`, :func:`init_random`, :func:`load_triangles_json`),
+  :func:`save_triangles_json`;
 - :mod:`tritri.fitting.loop`: :func:`fit_triangles`, :func:`psnr`;
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
 - :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers;
@@ -26,6 +27,8 @@ _EXPORTS = {
     "fit_triangles": "tritri.fitting.loop",
     "fit_triangles_cpu": "tritri.fitting.cpu_fit",
     "init_delaunay": "tritri.fitting.params",
+    "init_greedy": "tritri.fitting.params",
+    "greedy_start": "tritri.fitting.starts",
     "init_random": "tritri.fitting.params",
     "load_image": "tritri.fitting.export",
     "load_triangles_json": "tritri.fitting.params",

@@ -23,6 +23,7 @@ from tritri.fitting.starts import (
     VALUE_KEYS,
     check_triangle_shapes,
     delaunay_start,
+    greedy_start,
     random_start,
     read_triangles_json,
     write_triangles_json,
@@ -32,6 +33,7 @@ __all__ = [
     "JSON_FORMAT",
     "TriangleParams",
     "init_delaunay",
+    "init_greedy",
     "init_random",
     "load_triangles_json",
     "save_triangles_json",
@@ -110,6 +112,18 @@ def init_random(
     ``target`` is ``(3, H, W)`` in [0, 1].
     """
     return TriangleParams.from_values(random_start(target, n_triangles, seed=seed, size=size))
+
+
+def init_greedy(
+    target: Tensor, n_triangles: int, *, seed: int = 0, sigma: float = 0.5
+) -> TriangleParams:
+    """Triangles placed one after the other where each cuts the squared error most (geometrize's
+    hill climbing, big ones first), on the target's mean color: ``tritri fit``'s default start
+    (:func:`tritri.fitting.starts.greedy_start`; numba, on the CPU whatever the target's device).
+
+    ``target`` is ``(3, H, W)`` in [0, 1]; ``sigma`` the edge softness the fit will render with.
+    """
+    return TriangleParams.from_values(greedy_start(target, n_triangles, seed=seed, sigma=sigma))
 
 
 def init_delaunay(
