@@ -172,6 +172,44 @@ def _edge_z(e, px, py):
 
 
 @njit(**_OPTS)
+def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, tile, T, done, acc0, acc1, acc2):
+    """One (tile, triangle) pair of :func:`raster_forward` for a flat RGB color (c0, c1, c2):
+    the same per-pixel rules and float32 operations in the same order, with the pair's constants
+    in scalars, so the compiler keeps them in registers instead of reloading them from arrays
+    the pixel writes might alias. Returns the number of pixels that stopped."""
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
+    stopped = 0
+    r_lo, r_hi = _rows(c, row0, rows)
+    for r in range(r_lo, r_hi):
+        py = np.float32(row0 + r + 0.5)
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
+        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+        base = r * tile - col0
+        for col in range(lo, hi):
+            p = base + col
+            if done[p]:
+                continue
+            px = np.float32(col + 0.5)
+            z = min(e0 * px + y0 + e2, e3 * px + y1 + e5, e6 * px + y2 + e8)
+            wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+            a = min(o * wv, _A_MAX)
+            if not a >= _A_MIN:
+                continue
+            t = T[p]
+            t_new = t * (_ONE - a)
+            if t_new < _T_MIN:
+                done[p] = 1
+                stopped += 1
+                continue
+            vis = a * t
+            acc0[p] += vis * c0
+            acc1[p] += vis * c1
+            acc2[p] += vis * c2
+            T[p] = t_new
+    return stopped
+
+
+@njit(**_OPTS)
 def raster_forward(
     edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex, out_color,
     out_T, w0, w1, step,
@@ -182,6 +220,7 @@ def raster_forward(
     transmittance. Both fp32, written here.
     """
     C = colors.shape[3]
+    flat3 = not per_vertex and C == 3
     ntx = (W + tile - 1) // tile
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
@@ -204,6 +243,12 @@ def raster_forward(
             e = edges[b, n]
             c = cull[b, n]
             o = opacity[b, n]
+            if flat3:
+                n_live -= _forward_flat3(
+                    e, c, o, colors[b, n, 0, 0], colors[b, n, 0, 1], colors[b, n, 0, 2], row0,
+                    col0, rows, cols, tile, T, done, acc[0], acc[1], acc[2],
+                )  # fmt: skip
+                continue
             r_lo, r_hi = _rows(c, row0, rows)
             for r in range(r_lo, r_hi):
                 py = np.float32(row0 + r + 0.5)
@@ -251,6 +296,81 @@ def raster_forward(
 
 
 @njit(**_OPTS)
+def _backward_flat3(
+    e, c, o, c0, c1, c2, row0, col0, rows, cols, tile, T, done, g_prefix, g_final, g_behind,
+    gc0, gc1, gc2, acc,
+):  # fmt: skip
+    """One (tile, triangle) pair of :func:`raster_backward` for a flat RGB color: the same
+    per-pixel rules and float32 operations in the same order (sums in float64), with the pair's
+    constants and sums in scalars (see :func:`_forward_flat3`). Writes the pair's 22 sums to
+    ``acc`` (the bary ones zero) and returns the number of pixels that stopped."""
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
+    sc0 = sc1 = sc2 = 0.0
+    stopped = 0
+    r_lo, r_hi = _rows(c, row0, rows)
+    for r in range(r_lo, r_hi):
+        py = np.float32(row0 + r + 0.5)
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
+        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+        base = r * tile - col0
+        for col in range(lo, hi):
+            p = base + col
+            if done[p]:
+                continue
+            px = np.float32(col + 0.5)
+            z0 = e0 * px + y0 + e2
+            z1 = e3 * px + y1 + e5
+            z2 = e6 * px + y2 + e8
+            z = min(z0, z1, z2)
+            wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+            ow = o * wv
+            a = min(ow, _A_MAX)
+            if not a >= _A_MIN:
+                continue
+            t_before = T[p]
+            t_new = t_before * (_ONE - a)
+            if t_new < _T_MIN:
+                done[p] = 1
+                stopped += 1
+                continue
+            vis = a * t_before
+            g0, g1, g2 = gc0[p], gc1[p], gc2[p]
+            g_col = _ZERO
+            g_col += c0 * g0
+            g_col += c1 * g1
+            g_col += c2 * g2
+            g_prefix[p] += vis * g_col
+            g_after = g_final[p] - g_prefix[p]
+            d_alpha = t_before * g_col - (g_after + g_behind[p]) / (_ONE - a)
+            if ow < _A_MAX:
+                s9 += d_alpha * wv
+                d_z = d_alpha * o * wv * (_ONE - wv)
+                if z0 <= z1 and z0 <= z2:
+                    s0 += d_z * px
+                    s1 += d_z * py
+                    s2 += d_z
+                elif z1 < z0 and z1 <= z2:
+                    s3 += d_z * px
+                    s4 += d_z * py
+                    s5 += d_z
+                else:
+                    s6 += d_z * px
+                    s7 += d_z * py
+                    s8 += d_z
+            sc0 += g0 * vis
+            sc1 += g1 * vis
+            sc2 += g2 * vis
+            T[p] = t_new
+    for k in range(acc.shape[0]):
+        acc[k] = 0.0
+    acc[0], acc[1], acc[2], acc[3], acc[4], acc[5] = s0, s1, s2, s3, s4, s5
+    acc[6], acc[7], acc[8], acc[9] = s6, s7, s8, s9
+    acc[19], acc[20], acc[21] = sc0, sc1, sc2
+    return stopped
+
+
+@njit(**_OPTS)
 def raster_backward(
     edges, bary, colors, opacity, cull, start, end, tri_list, H, W, tile, per_vertex,
     color, T_final, grad_color, grad_T, part, w0, w1, step,
@@ -268,6 +388,7 @@ def raster_backward(
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
     P = tile * tile
+    flat3 = not per_vertex and C == 3
     K = part.shape[1]  # 19 + V * C
     for w in range(w0, w1, step):
         b = w // n_tiles
@@ -308,6 +429,15 @@ def raster_backward(
             e = edges[b, n]
             c = cull[b, n]
             o = opacity[b, n]
+            if flat3:
+                n_live -= _backward_flat3(
+                    e, c, o, colors[b, n, 0, 0], colors[b, n, 0, 1], colors[b, n, 0, 2], row0,
+                    col0, rows, cols, tile, T, done, g_prefix, g_final, g_behind, gc[0], gc[1],
+                    gc[2], acc,
+                )  # fmt: skip
+                for k in range(K):
+                    part[pos, k] = acc[k]
+                continue
             r_lo, r_hi = _rows(c, row0, rows)
             for r in range(r_lo, r_hi):
                 py = np.float32(row0 + r + 0.5)
