@@ -1,5 +1,5 @@
 import sys
 
-from tritri.cli import main
+from tritri.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -8,9 +8,12 @@ does not pay for the tuner's or the plotter's imports); ``tritri --help`` import
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import sys
+
+from tritri import _startup
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("tritri.fit", "fit an image with triangles"),
@@ -61,14 +64,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``tritri ARGV`` (default: ``sys.argv[1:]``) in this process; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if args.command != "fit":  # only tritri fit resumes the collector itself (tritri._startup)
+        _startup.resume_gc()
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
     return int(args._run(args) or 0)
 
 
+def console_main() -> int:
+    """The ``tritri`` command and ``python -m tritri``: :func:`main` as a process of its own, with
+    the cyclic garbage collector paused during start-up and the survivors frozen at exit
+    (:mod:`tritri._startup`: ~0.3 s of a 2-s CPU fit)."""
+    _startup.pause_gc()
+    try:
+        return main()
+    finally:
+        _startup.resume_gc()
+        gc.freeze()  # the process ends: its last collection then skips everything alive
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

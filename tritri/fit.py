@@ -42,6 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tritri import _startup
+
 __all__ = ["DEFAULTS", "add_arguments", "main", "run"]
 
 #: Default settings (measured: see perf/fit_vs_geometrize.py, perf/fit_quality.py and the README).
@@ -490,6 +492,7 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
 
     names, _, note = _resolve_losses(args, "cpu", cached_vgg_weights_file)
     start, what, n_keep = _start(args, target)
+    _startup.resume_gc()  # numba and the kernels are loaded (the start used them)
     out = _out_dir(args)
     if note is not None:
         _note(note)
@@ -517,6 +520,7 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
 def _run_torch(args: argparse.Namespace, target_np) -> int:
     """The fit through torch autograd (:func:`tritri.fitting.fit_triangles`): any device, losses
     and balancer."""
+    _startup.resume_gc()
     import torch
 
     import tritri
