@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                              "tritri_psnr": runs["tp"], "tritri_s": runs["ts"]},
                 }  # fmt: skip
                 row["gain_db"] = row["tritri_psnr"] - row["geometrize_psnr"]
-                row["time_ratio"] = t_sec / g_sec
+                row["time_ratio"] = row["tritri_s"] / row["geometrize_s"]
                 rows.append(row)
                 print(
                     f"{name} N={n}: geometrize {row['geometrize_psnr']:.2f} dB {g_sec:.1f} s, "
