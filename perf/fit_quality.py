@@ -8,8 +8,9 @@ For every N, on the bundled sample image at the default size (longest side 256 p
 
 - **mosaic**: :func:`tritri.mosaic.delaunay_mosaic` -- N triangles over edge-weighted sample
   points, each filled with the mean color of its pixels (the L2-optimal flat color);
-- **fit**: ``tritri fit --triangles N`` with every other option at its default (it starts from that
-  same mosaic), run in-process; its PSNR is the one written to ``triangles.json``.
+- **fit**: ``tritri fit --triangles N`` with every other option at its default (its greedy start;
+  ``--init delaunay`` starts from that same mosaic), run in-process; its PSNR is the one written
+  to ``triangles.json``.
 
 The target is to beat the mosaic by at least 2 dB at every N. Then the default command
 (``tritri fit`` with no arguments) is run once in a fresh process and its wall time reported,
