@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from tritri.cli import main
-from tritri.fit import default_steps
+from tritri.fit import _warmup, default_steps
 from tritri.fitting import fit_triangles, init_delaunay, load_image
 from tritri.fitting.loop import _Adam
 
@@ -83,6 +84,15 @@ def test_default_steps_fall_with_the_triangle_count():
     assert default_steps(256) == 100
     assert default_steps(1024) == 100
     assert default_steps(16) == 300
+
+
+def test_warm_up_by_start():
+    """Continuing a fit ramps the learning rates up over 10 % of the steps, the greedy start over
+    5 % (Adam's first steps would shake a good start), the mosaic and random starts not at all."""
+    assert _warmup(argparse.Namespace(init="run/triangles.json")) == 0.1
+    assert _warmup(argparse.Namespace(init="greedy")) == 0.05
+    assert _warmup(argparse.Namespace(init="delaunay")) == 0.0
+    assert _warmup(argparse.Namespace(init="random")) == 0.0
 
 
 def test_fit_imports_nothing_it_does_not_use(tmp_path):

@@ -461,6 +461,17 @@ def _write_outputs(
     return 130 if result.interrupted else 0
 
 
+def _warmup(args: argparse.Namespace) -> float:
+    """The share of the steps over which the learning rates ramp up. Continuing a fit: 10 %, so
+    that Adam's fresh moments (its first steps move every parameter by about the learning rate,
+    whatever the gradient) do not shake a converged fit loose. The greedy start: 5 %, for the same
+    reason on a smaller scale (measured on four 256-px photos, mean final PSNR: +0.04 dB at
+    N = 64, +0.07 at 256, +0.25 at 1024). The Delaunay and random starts: none."""
+    if args.init not in FRESH_STARTS:
+        return 0.1
+    return 0.05 if args.init == "greedy" else 0.0
+
+
 def _skip_blas_probe() -> None:
     """Answer numba's BLAS probe with "none" without importing scipy.linalg.
 
@@ -507,7 +518,7 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
             start, target, steps=args.steps, losses=names, monitor=monitor, lr=args.lr,
             lr_verts_px=args.lr_verts, sigma=args.sigma, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=0.1 if args.init not in FRESH_STARTS else 0.0, keep=n_keep,
+            warmup=_warmup(args), keep=n_keep,
         )  # fmt: skip
     finally:
         bar.close()
@@ -550,8 +561,6 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     balancer = _build_balancer(args, names)
     start, what, n_keep = _start(args, target_np)
     params = TriangleParams.from_values(start)
-    # Continuing a fit: warm the learning rates up, so fresh Adam moments do not shake it loose.
-    continuing = args.init not in FRESH_STARTS
     out = _out_dir(args)
     if note is not None:
         _note(note)
@@ -589,7 +598,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
             balancer=balancer, monitor=monitor, lr=args.lr, lr_verts_px=args.lr_verts,
             sigma=args.sigma, backend=args.backend, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=0.1 if continuing else 0.0, keep=n_keep,
+            warmup=_warmup(args), keep=n_keep,
         )  # fmt: skip
     finally:
         bar.close()
