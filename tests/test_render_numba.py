@@ -228,3 +228,24 @@ def test_triangle_stats_match_removing_each_triangle():
                              height=H, width=W)  # fmt: skip
         assert float(weight[0, n]) <= float(alone.sum()) + 1e-3
     assert abs(float(weight.sum()) - float(alpha.sum())) < 1e-3 * float(alpha.sum())
+
+
+def test_binning_on_the_pool_and_on_this_thread_agree(monkeypatch):
+    """Small scenes bin on the calling thread, large ones on the pool: the same lists."""
+    import numpy as np
+
+    import tritri.numba_raster as numba_raster
+    from tritri.geometry import prepare_triangles
+
+    verts, colors, opacity = _small_scene(2, 40, 3, seed=12)
+    prep = prepare_triangles(verts, colors, opacity, 53, 70, 0.5)
+    edges = prep.edges.contiguous().numpy()
+    cull = prep.cull.contiguous().numpy()
+    lists = {}
+    for threshold in (0, 1 << 40):  # everything on the pool / everything serial
+        monkeypatch.setattr(numba_raster, "PARALLEL_BINNING_WORK", threshold)
+        lists[threshold] = numba_raster.TileLists(edges, cull, 53, 70, 16)
+    a, b = lists.values()
+    assert a.tri.size > 0
+    for key in ("start", "end", "tri"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
