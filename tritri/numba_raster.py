@@ -122,6 +122,12 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _serial(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
+    """Run ``kernel(*args, 0, n_items, 1)`` on this thread (:func:`_parallel`'s signature)."""
+    if n_items > 0:
+        kernel(*args, 0, n_items, 1)
+
+
 def _parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
     """Run ``kernel(*args, first, n_items, step)`` over the items [0, n_items) in ``step``
     interleaved chunks (chunk ``i`` = items i, i + step, ...), which this thread and the pool take
@@ -129,8 +135,7 @@ def _parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
     threads = get_num_threads()
     n_chunks = min(n_items, CHUNKS_PER_THREAD * threads) if threads > 1 else 1
     if n_chunks <= 1:
-        if n_items > 0:
-            kernel(*args, 0, n_items, 1)
+        _serial(kernel, n_items, *args)
         return
     counter = itertools.count()  # next() is atomic under the GIL
 
@@ -142,12 +147,6 @@ def _parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
     work()
     for future in helpers:
         future.result()
-
-
-def _serial(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
-    """Run ``kernel(*args, 0, n_items, 1)`` on this thread (:func:`_parallel`'s signature)."""
-    if n_items > 0:
-        kernel(*args, 0, n_items, 1)
 
 
 #: Binning goes to the thread pool from this many (tile row, triangle) tests on.
