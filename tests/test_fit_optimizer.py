@@ -78,6 +78,17 @@ def test_short_runs_prune_at_once():
     assert params.n_triangles == 6
 
 
+def test_a_fit_without_pruning_relocates_at_every_event():
+    from tritri.fitting.schedule import move_steps
+
+    args = {"every": 5, "until": 0.8, "prune_from": 0.05, "prune_until": 0.4}
+    events, prune_events = move_steps(100, prune=False, **args)
+    assert events == list(range(4, 80, 5)) and prune_events == []
+    events, prune_events = move_steps(100, prune=True, **args)
+    assert events == list(range(4, 80, 5)) and prune_events == list(range(9, 40, 5))
+    assert move_steps(3, prune=True, **args) == ([0], [0])
+
+
 def test_default_steps_fall_with_the_triangle_count():
     assert default_steps(64) == 300
     assert default_steps(128) == 174

@@ -38,11 +38,18 @@ def move_steps(
 ) -> tuple[list[int], list[int]]:
     """``(events, prune_events)``: the steps after which triangles are pruned or relocated (every
     ``every`` steps before ``until`` of the run; 0 = never) and those of them that prune (between
-    ``prune_from`` and ``prune_until``). With ``prune`` and no pruning step in that window (a short
-    run), the fit prunes at once, after step 0."""
+    ``prune_from`` and ``prune_until``; none without ``prune``, so that a fit started at its final
+    count relocates at every event). With ``prune`` and no pruning step in that window (a short
+    run), the fit prunes at once, after step 0.
+
+    (Until this rule, a fit without pruning skipped the events of the pruning window: no
+    relocation between 5 % and 40 % of the run. Relocating there too gains 0.13 dB at N = 256 and
+    0.07 dB at N = 64 from the greedy start, mean final PSNR of four 256-px photos.)"""
     events = [s for s in range(steps) if every and s % every == every - 1 and s < until * steps]
+    if not prune:
+        return events, []
     prune_events = [s for s in events if prune_from * steps <= s < prune_until * steps]
-    if prune and not prune_events and steps:
+    if not prune_events and steps:
         prune_events = [0]
         events = sorted(set(events) | {0})
     return events, prune_events
