@@ -222,7 +222,7 @@ def raster_backward(
 def removal_stats(
     edges: np.ndarray, colors: np.ndarray, opacity: np.ndarray, cull: np.ndarray,
     height: int, width: int, background: np.ndarray, target: np.ndarray,
-    tile: int = DEFAULT_TILE,
+    tile: int = DEFAULT_TILE, forward: tuple[np.ndarray, np.ndarray, TileLists] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """What each flat-colored triangle is worth to an image fit: ``(cost, weight)``, (B, N).
 
@@ -230,10 +230,13 @@ def removal_stats(
     (B, C, H, W) would grow if the triangle were removed (negative: the fit is better without it);
     ``weight``: its visible weight, the sum over pixels of alpha times the transmittance in front
     of it (0 for a triangle that is transparent, off-screen or hidden). ``background`` is (B, C).
+    ``forward``: :func:`raster_forward`'s result for these triangles, if the caller has it.
     """
     k = _kernels()
     B, N = edges.shape[:2]
-    color, T, lists = raster_forward(edges, None, colors, opacity, cull, height, width, tile)
+    if forward is None:
+        forward = raster_forward(edges, None, colors, opacity, cull, height, width, tile)
+    color, T, lists = forward
     part = np.empty((lists.tri.size, 2), np.float32)
     _parallel(
         k.removal_cost, B * lists.n_tiles,

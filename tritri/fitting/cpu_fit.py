@@ -204,13 +204,16 @@ class _Scene:
         }
 
     def removal_costs(self, target: np.ndarray) -> np.ndarray:
-        """Per triangle, how much the squared error would grow without it (M,)."""
+        """Per triangle, how much the squared error of the last :meth:`render` would grow
+        without it (M,), from that render's tile lists and buffers: the parameters as they were
+        then (the fit asks right after the step's update; one step's difference does not change
+        which triangles are worth least, and it saves a render)."""
         from tritri.numba_raster import removal_stats
 
-        self.prepare()
         cost, _ = removal_stats(
             self.edges, self.colors_in, self.opacity_in, self.cull, self.H, self.W,
             self.background[None].astype(np.float32), target[None],
+            forward=(self.color, self.T, self.lists),
         )  # fmt: skip
         return cost[0]
 
