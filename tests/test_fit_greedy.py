@@ -31,7 +31,7 @@ def _inside(v, H, W):
 
 def _sums(image, target):
     C, H, W = image.shape
-    sums = np.empty((H, W + 1, 5 * C))
+    sums = np.empty((H, W + 1, 4 * C))
     row_sums(image, target, sums, 0, H)
     return sums
 
@@ -40,9 +40,9 @@ def test_row_sums_are_running_sums():
     image, target = _images()
     sums = _sums(image, target)
     e = image - target
-    for k, f in enumerate([image, image**2, e, e**2, e * image]):
+    for k, f in enumerate([image, image**2, e, e * image]):
         want = np.concatenate([np.zeros((3, 21, 1)), np.cumsum(f, axis=2)], axis=2)
-        np.testing.assert_allclose(sums[:, :, k::5].transpose(2, 0, 1), want, atol=1e-9)
+        np.testing.assert_allclose(sums[:, :, k::4].transpose(2, 0, 1), want, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -59,15 +59,15 @@ def test_gather_and_best_match_brute_force(v):
     H, W = 21, 34
     image, target = _images(H, W)
     v = np.array(v, float)
-    acc = np.empty(16)
+    acc = np.empty(13)
     count = _gather(v, _sums(image, target), H, W, acc)
     mask = _inside(v, H, W)
     assert count == mask.sum()
     I, t = image[:, mask], target[:, mask]
     e = I - t
-    want = np.stack([f.sum(1) for f in (I, I**2, e, e**2, e * I)], 1)  # (channel, sum)
+    want = np.stack([f.sum(1) for f in (I, I**2, e, e * I)], 1)  # (channel, sum)
     assert acc[0] == mask.sum()
-    np.testing.assert_allclose(acc[1:].reshape(3, 5), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(acc[1:].reshape(3, 4), want, rtol=1e-9, atol=1e-9)
     color = np.empty(3)
     change, alpha = _best(acc, ALPHAS, color)
     assert alpha in ALPHAS

@@ -3,9 +3,10 @@ cheap by running sums, for the relocation move of the CPU fit (:mod:`tritri.fitt
 
 A triangle drawn on top of an image ``I`` with opacity ``a`` and color ``c`` turns each pixel it
 covers into ``(1 - a) I + a c``. Over the covered pixels, with ``e = I - target``, the squared
-error changes by ``Σ (e - a I + a c)² - Σ e²`` per channel, whose best ``c`` (and the change) follow
-in closed form from six sums over the covered pixels: the count and the sums of ``I``, ``I²``,
-``e``, ``e²``, ``e I``. Those are running sums along each row (:func:`row_sums`), so scoring a
+error changes by ``Σ (e - a I + a c)² - Σ e² = -2 a Σ e I + a² Σ I² + 2 a c Σ (e - a I) + a² c² n``
+per channel, whose best ``c`` (and the change) follow in closed form from five sums over the
+covered pixels: the count n and the sums of ``I``, ``I²``, ``e``, ``e I`` (``Σ e²`` cancels).
+Those are running sums along each row (:func:`row_sums`), so scoring a
 triangle costs a few lookups per covered row, not per pixel. Coverage is hard-edged (pixel
 centers inside the triangle): the soft render differs only along the edges, and the fit's
 gradient steps take over from there.
@@ -22,18 +23,18 @@ _OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": Fa
 
 #: Opacities a placed triangle may take (the best is chosen per candidate).
 ALPHAS = np.array([0.25, 0.5, 0.75, 0.95])
-_SUMS = 5  # I, I², e, e², e I
+_SUMS = 4  # I, I², e, e I
 
 
 @njit(**_OPTS)
 def row_sums(image, target, sums, r0, r1):
-    """Fill rows [r0, r1) of ``sums`` (H, W + 1, 5 * C) float64 with the running sums along each
-    row of I, I², e, e², e I per channel (``sums[y, x, 5 * c + k]``: over the pixels left of
-    column x), the 5 C values of one pixel side by side so a span costs two cache lines."""
+    """Fill rows [r0, r1) of ``sums`` (H, W + 1, 4 * C) float64 with the running sums along each
+    row of I, I², e, e I per channel (``sums[y, x, 4 * c + k]``: over the pixels left of
+    column x), the 4 C values of one pixel side by side so a span costs two cache lines."""
     C, H, W = image.shape
     for y in range(r0, r1):
         for c in range(C):
-            a0 = a1 = a2 = a3 = a4 = 0.0
+            a0 = a1 = a2 = a3 = 0.0
             base = _SUMS * c
             for k in range(_SUMS):
                 sums[y, 0, base + k] = 0.0
@@ -43,13 +44,11 @@ def row_sums(image, target, sums, r0, r1):
                 a0 += v
                 a1 += v * v
                 a2 += e
-                a3 += e * e
-                a4 += e * v
+                a3 += e * v
                 sums[y, x + 1, base] = a0
                 sums[y, x + 1, base + 1] = a1
                 sums[y, x + 1, base + 2] = a2
                 sums[y, x + 1, base + 3] = a3
-                sums[y, x + 1, base + 4] = a4
 
 
 @njit(**_OPTS)
@@ -85,7 +84,7 @@ def _row(ax, ay, bx, by, long_slope, top_slope, bottom_slope, y, W):
 
 @njit(**_OPTS)
 def _gather(v, sums, H, W, acc):
-    """acc (1 + 5 C,): the count, then per channel the five sums, over the pixels inside
+    """acc (1 + 4 C,): the count, then per channel the four sums, over the pixels inside
     triangle v (3, 2) px (centers inside, edges included); returns the count."""
     n_sums = acc.shape[0] - 1
     acc[:] = 0.0
@@ -116,11 +115,10 @@ def _best(acc, alphas, color):
         total = 0.0
         for c in range(C):
             q = 1 + _SUMS * c
-            s_i, s_ii, s_e, s_ee, s_ei = acc[q], acc[q + 1], acc[q + 2], acc[q + 3], acc[q + 4]
+            s_i, s_ii, s_e, s_ei = acc[q], acc[q + 1], acc[q + 2], acc[q + 3]
             su = s_e - a * s_i
-            suu = s_ee - 2.0 * a * s_ei + a * a * s_ii
             col = min(max(-su / (a * n), 0.001), 0.999)
-            total += suu + 2.0 * a * col * su + a * a * col * col * n - s_ee
+            total += a * (a * s_ii - 2.0 * s_ei) + 2.0 * a * col * su + a * a * col * col * n
         if total < best:
             best, best_a = total, a
     for c in range(C):
