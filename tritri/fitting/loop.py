@@ -291,7 +291,8 @@ def fit_triangles(
       keeps -- an over-complete start converges faster and lands in better minima -- and between
       ``prune_from`` and ``prune_until`` of the run, every ``reseed_every`` steps, removes the
       triangles whose removal costs the least squared error, down to ``keep``;
-    - **relocation**: every ``reseed_every`` steps up to ``reseed_until`` of the run, the
+    - **relocation**: every ``reseed_every`` steps up to ``reseed_until`` of the run (outside
+      the pruning window when pruning; at every such step without pruning), the
       ``reseed_fraction`` of triangles that are worth least (transparent, tiny, off-screen, hidden
       under others, or just contributing little) move on top, each placed greedily where it
       lowers the squared error most (a geometrize-style hill-climbing search on a render without
