@@ -99,7 +99,7 @@ def test_fit_writes_every_output(tmp_path, capsys):
     for r in recs:
         for key in ("step", "total", "loss/l1", "loss/mse", "psnr"):
             assert isinstance(r[key], (int, float)), key
-    assert recs[-1]["psnr"] > recs[0]["psnr"] + 0.5  # the fit improves on its Delaunay start
+    assert recs[-1]["psnr"] > recs[0]["psnr"] + 0.5  # the fit improves on its greedy start
     assert abs(meta["psnr"] - recs[-1]["psnr"]) < 1.0
 
     err = capsys.readouterr().err

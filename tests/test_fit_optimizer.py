@@ -106,6 +106,17 @@ def test_warm_up_by_start():
     assert _warmup(argparse.Namespace(init="random")) == 0.0
 
 
+def test_warm_up_lasts_at_least_a_few_steps():
+    from tritri.fitting.schedule import MIN_WARMUP_STEPS, lr_factor
+
+    assert MIN_WARMUP_STEPS == 3
+    for steps, ramp in ((12, 3), (100, 5)):  # 5 % of 12 steps is 0.6: three steps all the same
+        for s in range(ramp + 2):
+            plain = lr_factor(s, steps, 0.05)
+            assert lr_factor(s, steps, 0.05, 0.05) == pytest.approx(plain * min(1, (s + 1) / ramp))
+    assert lr_factor(0, 12, 0.05, 0.0) == 1.0  # no warm-up asked: none
+
+
 def test_fit_imports_nothing_it_does_not_use(tmp_path):
     """No torch._dynamo (torch.optim), no matplotlib, no other subcommand's module, no
     scipy.linalg (numba's BLAS probe, answered by tritri.fit._skip_blas_probe)."""

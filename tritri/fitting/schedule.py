@@ -24,12 +24,18 @@ __all__ = [
 ]
 
 
+#: The shortest warm-up, in steps, when there is one: Adam's first steps move every parameter by
+#: about the learning rate whatever its gradient, and a ramp of one or two steps does not temper
+#: that (a 12-step fit from the greedy start lost 3 dB on its first step and ended 0.7 dB lower).
+MIN_WARMUP_STEPS = 3
+
+
 def lr_factor(step: int, steps: int, final: float, warmup: float = 0.0) -> float:
     """Cosine decay from 1 to ``final`` over ``steps``, after a linear warm-up over the first
-    ``warmup`` fraction of the steps."""
+    ``warmup`` fraction of the steps (at least :data:`MIN_WARMUP_STEPS` when ``warmup`` > 0)."""
     t = min(1.0, step / max(1, steps - 1))
     factor = final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
-    ramp = max(1, int(warmup * steps))
+    ramp = max(MIN_WARMUP_STEPS if warmup > 0 else 1, int(warmup * steps))
     return factor * min(1.0, (step + 1) / ramp)
 
 
