@@ -175,6 +175,54 @@ def test_tile_size_does_not_change_the_result(tile):
     torch.testing.assert_close(T_a, T_b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tile", [8, 32])
+def test_vectorized_flat_path_matches_the_scalar_walk(tile):
+    """Flat RGB with 16-px tiles takes the vectorized path (all 16 pixels of a row at once,
+    masked); other tiles the scalar per-pixel walk. Both give the same values and gradients,
+    with early termination (opaque stacks) in the scene."""
+    from tritri.geometry import prepare_triangles
+    from tritri.numba_backend import DEFAULT_TILE, rasterize_numba
+
+    assert DEFAULT_TILE == 16
+    verts, colors, opacity = _small_scene(1, 60, 3, seed=5)
+    opacity[0, :30] = 1.0  # deep opaque stacks: pixels stop before the last triangles
+    weight = torch.rand(1, 3, 37, 45, generator=torch.Generator().manual_seed(2))
+    results = []
+    for t in (DEFAULT_TILE, tile):
+        leaves = [x.clone().requires_grad_() for x in (verts, colors, opacity)]
+        prep = prepare_triangles(*leaves, 37, 45, 0.5)
+        color, T = rasterize_numba(prep, 37, 45, tile=t)
+        ((color * weight).sum() + (T * weight[:, 0]).sum()).backward()
+        results.append([color, T] + [x.grad for x in leaves])
+    assert (results[0][1] < 0.011).any()  # under opaque stacks (alpha 0.99): pixels stop there
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sigmoid_without_libm_is_accurate():
+    import numpy as np
+    from numba import njit
+
+    from tritri.numba_kernels import _sigmoid
+
+    @njit
+    def many(z, out):
+        for i in range(z.size):
+            out[i] = _sigmoid(z[i])
+
+    rng = np.random.default_rng(0)
+    z = np.concatenate([np.linspace(-120, 120, 400_001), rng.standard_normal(100_000) * 10])
+    z = np.concatenate([z, [0.0, -0.0, 16.6, 17.0, 17.5, -17.0, -17.5, 1e30, -1e30]])
+    z = z.astype(np.float32)
+    out = np.empty_like(z)
+    many(z, out)
+    exact = 1.0 / (1.0 + np.exp(-np.clip(z.astype(np.float64), -700, 700)))
+    assert out.dtype == np.float32
+    assert np.abs(out - exact).max() <= 1.2e-7
+    assert np.all(out[z > 17] == 1.0) and np.all(out >= 0) and np.all(out <= 1)
+    assert np.all(np.diff(out[:400_001]) >= 0)  # monotone over the sorted part
+
+
 def test_auto_picks_numba_on_the_cpu(monkeypatch):
     from tritri import numba_backend
 

@@ -13,11 +13,17 @@ Tiles are ``tile`` x ``tile`` pixels, numbered row-major per image; work item ``
 the walk goes through it backwards (topmost first). For each listed triangle only the pixels of
 each tile row between the triangle's conservative x-span (the grown triangle of the culling data,
 where alpha can reach 1/255) are visited; every visited pixel then applies SPEC 2.1's exact rules.
+
+Flat RGB colors with 16-pixel tiles (the default, and every ``tritri fit`` step) take a
+vectorized path: per listed triangle and tile row, all 16 pixels of the row are computed at once,
+branch-free, those outside the triangle's span (or already stopped, or below 1/255) masked out,
+so that the compiler turns the row into a few SIMD instructions (AVX2 / AVX-512 where the CPU has
+them). The coverage is :func:`_sigmoid`, an exp without a libm call (which would keep the loop
+scalar). On a 2-core AMD EPYC at 171x256, N = 256, one thread: forward 3.5-4.1 -> 1.8-2.6 ms
+against the per-pixel scalar walk, which stays for per-vertex colors and other tile sizes.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
@@ -33,6 +39,47 @@ _ZERO = np.float32(0.0)
 _TINY = np.float32(1e-12)
 
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+#: Pixels per row of the vectorized flat-RGB path (its tiles are LANES x LANES).
+LANES = 16
+
+# _sigmoid: exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite),
+# exp(r) by its degree-7 polynomial (Cephes' expf coefficients), 2^n as a product of exact
+# powers of two chosen by the bits of n + 25 (no table, no bit casts: both keep a loop scalar).
+# x = -z is clamped to [-17, 17]: beyond, float32's 1 / (1 + exp(-z)) is exactly 1 (z > 16.7),
+# or alpha is far below 1/255 for any opacity (z < -17).
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_X_MAX = np.float32(17.0)
+_HALF = np.float32(0.5)
+_E0, _E1, _E2, _E3, _E4, _E5 = (
+    np.float32(v)
+    for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+              1.6666665459e-1, 5.0000001201e-1)
+)  # fmt: skip
+_BIAS = 25
+_TWO_M_BIAS = np.float32(2.0**-_BIAS)
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5 = (np.float32(2.0 ** (2**k)) for k in range(6))
+
+
+@njit(**_OPTS)
+def _sigmoid(z):
+    """``1 / (1 + exp(-z))`` in float32 without a libm call, so that loops over pixels vectorize;
+    within 1e-7 of the exact value for every float32 z (the libm form: 9e-8)."""
+    x = min(max(-z, -_X_MAX), _X_MAX)
+    n = np.floor(x * _LOG2E + _HALF)
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    y = (((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5) * (r * r) + r + _ONE
+    m = np.int32(n) + np.int32(_BIAS)  # in [0, 50]
+    y = y * (_Q0 if m & 1 else _ONE)
+    y = y * (_Q1 if m & 2 else _ONE)
+    y = y * (_Q2 if m & 4 else _ONE)
+    y = y * (_Q3 if m & 8 else _ONE)
+    y = y * (_Q4 if m & 16 else _ONE)
+    y = y * (_Q5 if m & 32 else _ONE)
+    return _ONE / (_ONE + y * _TWO_M_BIAS)
 
 
 @njit(**_OPTS)
@@ -172,11 +219,11 @@ def _edge_z(e, px, py):
 
 
 @njit(**_OPTS)
-def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, tile, T, done, acc0, acc1, acc2):
-    """One (tile, triangle) pair of :func:`raster_forward` for a flat RGB color (c0, c1, c2):
-    the same per-pixel rules and float32 operations in the same order, with the pair's constants
-    in scalars, so the compiler keeps them in registers instead of reloading them from arrays
-    the pixel writes might alias. Returns the number of pixels that stopped."""
+def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, T, done, acc0, acc1, acc2):
+    """One (tile, triangle) pair of :func:`raster_forward` for a flat RGB color (c0, c1, c2) and
+    LANES-pixel tiles, vectorized (module docstring): each row of the triangle's rows takes all
+    LANES pixels, the same float32 operations as the scalar walk, with the pixels outside the
+    span, stopped or below 1/255 masked instead of skipped. Returns the pixels that stopped."""
     e0, e1, e2, e3, e4, e5, e6, e7, e8 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
     stopped = 0
     r_lo, r_hi = _rows(c, row0, rows)
@@ -184,28 +231,28 @@ def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, tile, T, done, a
         py = np.float32(row0 + r + 0.5)
         y0, y1, y2 = e1 * py, e4 * py, e7 * py
         lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
-        base = r * tile - col0
-        for col in range(lo, hi):
-            p = base + col
-            if done[p]:
-                continue
-            px = np.float32(col + 0.5)
+        if not hi > lo:
+            continue
+        j_lo = lo - col0
+        j_hi = hi - col0
+        base = r * LANES
+        for j in range(LANES):
+            p = np.uint64(base + j)  # unsigned: no negative-index wraparound, so it vectorizes
+            px = np.float32(col0 + j + 0.5)
             z = min(e0 * px + y0 + e2, e3 * px + y1 + e5, e6 * px + y2 + e8)
-            wv = _ONE / (_ONE + np.float32(math.exp(-z)))
-            a = min(o * wv, _A_MAX)
-            if not a >= _A_MIN:
-                continue
+            a = min(o * _sigmoid(z), _A_MAX)
             t = T[p]
             t_new = t * (_ONE - a)
-            if t_new < _T_MIN:
-                done[p] = 1
-                stopped += 1
-                continue
-            vis = a * t
+            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
+            stop = live & (t_new < _T_MIN)
+            use = live & (t_new >= _T_MIN)
+            done[p] = done[p] | np.uint8(stop)
+            stopped += np.int64(stop)
+            vis = a * t if use else _ZERO
             acc0[p] += vis * c0
             acc1[p] += vis * c1
             acc2[p] += vis * c2
-            T[p] = t_new
+            T[p] = t_new if use else t
     return stopped
 
 
@@ -220,7 +267,7 @@ def raster_forward(
     transmittance. Both fp32, written here.
     """
     C = colors.shape[3]
-    flat3 = not per_vertex and C == 3
+    flat3 = not per_vertex and C == 3 and tile == LANES
     ntx = (W + tile - 1) // tile
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
@@ -246,7 +293,7 @@ def raster_forward(
             if flat3:
                 n_live -= _forward_flat3(
                     e, c, o, colors[b, n, 0, 0], colors[b, n, 0, 1], colors[b, n, 0, 2], row0,
-                    col0, rows, cols, tile, T, done, acc[0], acc[1], acc[2],
+                    col0, rows, cols, T, done, acc[0], acc[1], acc[2],
                 )  # fmt: skip
                 continue
             r_lo, r_hi = _rows(c, row0, rows)
@@ -260,7 +307,7 @@ def raster_forward(
                     px = np.float32(col + 0.5)
                     z0, z1, z2 = _edge_z(e, px, py)
                     z = min(z0, z1, z2)
-                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    wv = _sigmoid(z)
                     a = min(o * wv, _A_MAX)
                     if not a >= _A_MIN:
                         continue
@@ -297,76 +344,76 @@ def raster_forward(
 
 @njit(**_OPTS)
 def _backward_flat3(
-    e, c, o, c0, c1, c2, row0, col0, rows, cols, tile, T, done, g_prefix, g_final, g_behind,
-    gc0, gc1, gc2, acc,
+    e, c, o, c0, c1, c2, row0, col0, rows, cols, T, done, g_prefix, g_final, g_behind,
+    gc0, gc1, gc2, lanes, acc,
 ):  # fmt: skip
-    """One (tile, triangle) pair of :func:`raster_backward` for a flat RGB color: the same
-    per-pixel rules and float32 operations in the same order (sums in float64), with the pair's
-    constants and sums in scalars (see :func:`_forward_flat3`). Writes the pair's 22 sums to
-    ``acc`` (the bary ones zero) and returns the number of pixels that stopped."""
     e0, e1, e2, e3, e4, e5, e6, e7, e8 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
-    sc0 = sc1 = sc2 = 0.0
+    lanes[:] = 0.0
     stopped = 0
     r_lo, r_hi = _rows(c, row0, rows)
     for r in range(r_lo, r_hi):
         py = np.float32(row0 + r + 0.5)
         y0, y1, y2 = e1 * py, e4 * py, e7 * py
         lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
-        base = r * tile - col0
-        for col in range(lo, hi):
-            p = base + col
-            if done[p]:
-                continue
-            px = np.float32(col + 0.5)
+        if not hi > lo:
+            continue
+        j_lo = lo - col0
+        j_hi = hi - col0
+        base = r * LANES
+        for j in range(LANES):
+            p = np.uint64(base + j)
+            q = np.uint64(j)
+            px = np.float32(col0 + j + 0.5)
             z0 = e0 * px + y0 + e2
             z1 = e3 * px + y1 + e5
             z2 = e6 * px + y2 + e8
-            z = min(z0, z1, z2)
-            wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+            wv = _sigmoid(min(z0, z1, z2))
             ow = o * wv
             a = min(ow, _A_MAX)
-            if not a >= _A_MIN:
-                continue
             t_before = T[p]
             t_new = t_before * (_ONE - a)
-            if t_new < _T_MIN:
-                done[p] = 1
-                stopped += 1
-                continue
+            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
+            stop = live & (t_new < _T_MIN)
+            use = live & (t_new >= _T_MIN)
+            done[p] = done[p] | np.uint8(stop)
+            stopped += np.int64(stop)
             vis = a * t_before
             g0, g1, g2 = gc0[p], gc1[p], gc2[p]
             g_col = _ZERO
             g_col += c0 * g0
             g_col += c1 * g1
             g_col += c2 * g2
-            g_prefix[p] += vis * g_col
-            g_after = g_final[p] - g_prefix[p]
+            prefix = g_prefix[p]
+            prefix = prefix + vis * g_col if use else prefix
+            g_prefix[p] = prefix
+            g_after = g_final[p] - prefix
             d_alpha = t_before * g_col - (g_after + g_behind[p]) / (_ONE - a)
-            if ow < _A_MAX:
-                s9 += d_alpha * wv
-                d_z = d_alpha * o * wv * (_ONE - wv)
-                if z0 <= z1 and z0 <= z2:
-                    s0 += d_z * px
-                    s1 += d_z * py
-                    s2 += d_z
-                elif z1 < z0 and z1 <= z2:
-                    s3 += d_z * px
-                    s4 += d_z * py
-                    s5 += d_z
-                else:
-                    s6 += d_z * px
-                    s7 += d_z * py
-                    s8 += d_z
-            sc0 += g0 * vis
-            sc1 += g1 * vis
-            sc2 += g2 * vis
-            T[p] = t_new
+            unsat = use & (ow < _A_MAX)
+            d_z = d_alpha * o * wv * (_ONE - wv)
+            on0 = unsat & (z0 <= z1) & (z0 <= z2)
+            on1 = unsat & (z1 < z0) & (z1 <= z2)
+            on2 = unsat & (z2 < z0) & (z2 < z1)
+            lanes[q] += np.float64(d_z * px) if on0 else 0.0
+            lanes[q + np.uint64(16)] += np.float64(d_z * py) if on0 else 0.0
+            lanes[q + np.uint64(32)] += np.float64(d_z) if on0 else 0.0
+            lanes[q + np.uint64(48)] += np.float64(d_z * px) if on1 else 0.0
+            lanes[q + np.uint64(64)] += np.float64(d_z * py) if on1 else 0.0
+            lanes[q + np.uint64(80)] += np.float64(d_z) if on1 else 0.0
+            lanes[q + np.uint64(96)] += np.float64(d_z * px) if on2 else 0.0
+            lanes[q + np.uint64(112)] += np.float64(d_z * py) if on2 else 0.0
+            lanes[q + np.uint64(128)] += np.float64(d_z) if on2 else 0.0
+            lanes[q + np.uint64(144)] += np.float64(d_alpha * wv) if unsat else 0.0
+            lanes[q + np.uint64(160)] += np.float64(g0 * vis) if use else 0.0
+            lanes[q + np.uint64(176)] += np.float64(g1 * vis) if use else 0.0
+            lanes[q + np.uint64(192)] += np.float64(g2 * vis) if use else 0.0
+            T[p] = t_new if use else t_before
     for k in range(acc.shape[0]):
         acc[k] = 0.0
-    acc[0], acc[1], acc[2], acc[3], acc[4], acc[5] = s0, s1, s2, s3, s4, s5
-    acc[6], acc[7], acc[8], acc[9] = s6, s7, s8, s9
-    acc[19], acc[20], acc[21] = sc0, sc1, sc2
+    for k in range(13):
+        total = 0.0
+        for j in range(LANES):
+            total += lanes[k * LANES + j]
+        acc[k if k < 10 else k + 9] = total
     return stopped
 
 
@@ -388,7 +435,7 @@ def raster_backward(
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
     P = tile * tile
-    flat3 = not per_vertex and C == 3
+    flat3 = not per_vertex and C == 3 and tile == LANES
     K = part.shape[1]  # 19 + V * C
     for w in range(w0, w1, step):
         b = w // n_tiles
@@ -406,6 +453,7 @@ def raster_backward(
         acc = np.zeros(K, np.float64)
         gcj = np.zeros(3, np.float32)
         bj = np.zeros(3, np.float32)
+        lanes = np.zeros(13 * LANES, np.float64)
         for r in range(rows):
             for col in range(cols):
                 p = r * tile + col
@@ -432,8 +480,8 @@ def raster_backward(
             if flat3:
                 n_live -= _backward_flat3(
                     e, c, o, colors[b, n, 0, 0], colors[b, n, 0, 1], colors[b, n, 0, 2], row0,
-                    col0, rows, cols, tile, T, done, g_prefix, g_final, g_behind, gc[0], gc[1],
-                    gc[2], acc,
+                    col0, rows, cols, T, done, g_prefix, g_final, g_behind, gc[0], gc[1],
+                    gc[2], lanes, acc,
                 )  # fmt: skip
                 for k in range(K):
                     part[pos, k] = acc[k]
@@ -449,7 +497,7 @@ def raster_backward(
                     px = np.float32(col + 0.5)
                     z0, z1, z2 = _edge_z(e, px, py)
                     z = min(z0, z1, z2)
-                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    wv = _sigmoid(z)
                     ow = o * wv
                     a = min(ow, _A_MAX)
                     if not a >= _A_MIN:
@@ -579,7 +627,7 @@ def removal_cost(
                     px = np.float32(col + 0.5)
                     z0, z1, z2 = _edge_z(e, px, py)
                     z = min(z0, z1, z2)
-                    wv = _ONE / (_ONE + np.float32(math.exp(-z)))
+                    wv = _sigmoid(z)
                     a = min(o * wv, _A_MAX)
                     if not a >= _A_MIN:
                         continue
