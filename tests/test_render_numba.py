@@ -249,7 +249,8 @@ def test_import_does_not_load_numba():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
-def test_triangle_stats_match_removing_each_triangle():
+@pytest.mark.parametrize("tile", [16, 8])  # 16: the vectorized flat-RGB path; 8: the scalar walk
+def test_triangle_stats_match_removing_each_triangle(tile):
     """cost = growth of the squared error when a triangle is removed; weight = sum of alpha * T."""
     from tritri.geometry import prepare_triangles
     from tritri.numba_backend import triangle_stats
@@ -260,7 +261,7 @@ def test_triangle_stats_match_removing_each_triangle():
     background = torch.tensor([[0.2, 0.5, 0.7]])
     target = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(13))
     prep = prepare_triangles(verts, colors, opacity, H, W, 0.5)
-    cost, weight = triangle_stats(prep, H, W, background, target)
+    cost, weight = triangle_stats(prep, H, W, background, target, tile=tile)
 
     def sq_err(o):
         img = render_dense(verts, colors, o, height=H, width=W, background=background[0])

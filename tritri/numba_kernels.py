@@ -576,6 +576,63 @@ def reduce_pairs(part, tri_list, start, end, n_tiles, B, N, K):
 
 
 @njit(**_OPTS)
+def _removal_flat3(
+    e, c, o, c0, c1, c2, row0, col0, rows, cols, T, done, prefix, full, err2, lanes
+):  # fmt: skip
+    """One (tile, triangle) pair of :func:`removal_cost` for a flat RGB color and LANES-pixel
+    tiles, vectorized like :func:`_forward_flat3` (same float32 / float64 operations per pixel as
+    the scalar walk, masked instead of skipped; per-column float64 sums in ``lanes`` (2 * LANES),
+    added in column order). ``prefix`` (3 * P): the color composited so far; ``full`` (3 * P) the
+    final image with background; ``err2`` (3 * P) float64 ``2 (full - target)``; channel k of
+    pixel p at ``k * P + p``. Returns (cost, weight, pixels that stopped)."""
+    e0, e1, e2, e3, e4, e5, e6, e7, e8 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
+    P = LANES * LANES
+    lanes[:] = 0.0
+    stopped = 0
+    r_lo, r_hi = _rows(c, row0, rows)
+    for r in range(r_lo, r_hi):
+        py = np.float32(row0 + r + 0.5)
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
+        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+        if not hi > lo:
+            continue
+        j_lo = lo - col0
+        j_hi = hi - col0
+        base = r * LANES
+        for j in range(LANES):
+            p = np.uint64(base + j)
+            q = np.uint64(j)
+            px = np.float32(col0 + j + 0.5)
+            z = min(e0 * px + y0 + e2, e3 * px + y1 + e5, e6 * px + y2 + e8)
+            a = min(o * _sigmoid(z), _A_MAX)
+            t_before = T[p]
+            t_new = t_before * (_ONE - a)
+            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
+            stop = live & (t_new < _T_MIN)
+            use = live & (t_new >= _T_MIN)
+            done[p] = done[p] | np.uint8(stop)
+            stopped += np.int64(stop)
+            vis = a * t_before
+            cost = 0.0
+            for k, cn in ((0, c0), (1, c1), (2, c2)):
+                i = p + np.uint64(k * P)
+                pre = prefix[i]
+                under = full[i] - pre - vis * cn
+                delta = a * (under / (_ONE - a) - t_before * cn)
+                cost += delta * (err2[i] + delta)
+                prefix[i] = pre + vis * cn if use else pre
+            lanes[q] += cost if use else 0.0
+            lanes[q + np.uint64(LANES)] += np.float64(vis) if use else 0.0
+            T[p] = t_new if use else t_before
+    cost = 0.0
+    weight = 0.0
+    for j in range(LANES):
+        cost += lanes[j]
+        weight += lanes[LANES + j]
+    return cost, weight, stopped
+
+
+@njit(**_OPTS)
 def removal_cost(
     edges, colors, opacity, cull, start, end, tri_list, H, W, tile, color, T_final, background,
     target, part, w0, w1, step,
@@ -590,6 +647,7 @@ def removal_cost(
     background (B, C), target (B, C, H, W).
     """
     C = colors.shape[3]
+    flat3 = C == 3 and tile == LANES
     ntx = (W + tile - 1) // tile
     nty = (H + tile - 1) // tile
     n_tiles = ntx * nty
@@ -604,6 +662,20 @@ def removal_cost(
         T = np.ones(P, np.float32)
         done = np.zeros(P, np.uint8)
         prefix = np.zeros((C, P), np.float32)
+        if flat3:
+            full = np.zeros((C, P), np.float32)
+            err2 = np.zeros((C, P), np.float64)
+            for ch in range(C):
+                for r in range(rows):
+                    for col in range(cols):
+                        y, x = row0 + r, col0 + col
+                        v = color[b, ch, y, x] + T_final[b, y, x] * background[b, ch]
+                        full[ch, r * tile + col] = v
+                        err2[ch, r * tile + col] = 2.0 * (v - target[b, ch, y, x])
+            lanes = np.zeros(2 * LANES, np.float64)
+            prefix_flat = prefix.reshape(C * P)
+            full_flat = full.reshape(C * P)
+            err2_flat = err2.reshape(C * P)
         n_live = rows * cols
         for pos in range(end[w] - 1, start[w] - 1, -1):
             part[pos, 0] = 0.0
@@ -614,6 +686,15 @@ def removal_cost(
             e = edges[b, n]
             c = cull[b, n]
             o = opacity[b, n]
+            if flat3:
+                cost, weight, stopped = _removal_flat3(
+                    e, c, o, colors[b, n, 0, 0], colors[b, n, 0, 1], colors[b, n, 0, 2], row0,
+                    col0, rows, cols, T, done, prefix_flat, full_flat, err2_flat, lanes,
+                )  # fmt: skip
+                n_live -= stopped
+                part[pos, 0] = cost
+                part[pos, 1] = weight
+                continue
             cost = 0.0
             weight = 0.0
             r_lo, r_hi = _rows(c, row0, rows)
