@@ -92,8 +92,9 @@ def test_a_fit_without_pruning_relocates_at_every_event():
 def test_default_steps_fall_with_the_triangle_count():
     assert default_steps(64) == 300
     assert default_steps(128) == 174
-    assert default_steps(256) == 100
-    assert default_steps(1024) == 100
+    assert default_steps(200) == 122
+    assert default_steps(256) == 120
+    assert default_steps(1024) == 120
     assert default_steps(16) == 300
 
 
