@@ -85,6 +85,23 @@ def test_gather_and_best_match_brute_force(v):
                 assert error_change(alpha, c) >= change - 1e-12
 
 
+def test_rgb_score_matches_the_generic_one():
+    """The climb's RGB fast path (sums in local variables) scores like _gather + _best."""
+    from tritri.numba_greedy import _score, _score_rgb
+
+    H, W = 21, 34
+    image, target = _images(H, W)
+    sums = _sums(image, target)
+    rng = np.random.default_rng(3)
+    acc, color = np.empty(13), np.empty(3)
+    for _ in range(200):
+        v = rng.uniform(-8, 40, (3, 2))
+        want = _score(v, sums, H, W, acc, ALPHAS, color)
+        got = _score_rgb(v, sums, H, W, ALPHAS)
+        assert got[1] == want[1]
+        assert got[0] == pytest.approx(want[0], rel=1e-12, abs=1e-12) or got[0] == want[0]
+
+
 def test_place_finds_a_triangle_and_does_not_depend_on_threads():
     H, W = 40, 56
     truth = np.array([[8.0, 6.0], [47.0, 12.0], [20.0, 35.0]])

@@ -135,6 +135,50 @@ def _score(v, sums, H, W, acc, alphas, color):
 
 
 @njit(**_OPTS)
+def _score_rgb(v, sums, H, W, alphas):
+    """:func:`_score` for RGB (``sums`` with 12 values per pixel) with the sums in local variables
+    (the climb's hot path: the generic form keeps them in an array in memory); returns only
+    (change, opacity)."""
+    ax, ay, bx, by, cx, cy, long_slope, top_slope, bottom_slope = _scan(v)
+    if not cy > ay:
+        return np.inf, 0.0
+    n = 0.0
+    i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = i8 = i9 = i10 = i11 = 0.0
+    for r in range(max(0, int(math.ceil(ay - 0.5))), min(H - 1, int(math.floor(cy - 0.5))) + 1):
+        lo, hi = _row(ax, ay, bx, by, long_slope, top_slope, bottom_slope, r + 0.5, W)
+        if hi < lo:
+            continue
+        n += hi - lo + 1
+        a = sums[r, hi + 1]
+        b = sums[r, lo]
+        i0 += a[0] - b[0]
+        i1 += a[1] - b[1]
+        i2 += a[2] - b[2]
+        i3 += a[3] - b[3]
+        i4 += a[4] - b[4]
+        i5 += a[5] - b[5]
+        i6 += a[6] - b[6]
+        i7 += a[7] - b[7]
+        i8 += a[8] - b[8]
+        i9 += a[9] - b[9]
+        i10 += a[10] - b[10]
+        i11 += a[11] - b[11]
+    if n < 3.0:
+        return np.inf, 0.0
+    best, best_a = np.inf, 0.0
+    for k in range(alphas.shape[0]):
+        al = alphas[k]
+        total = 0.0
+        for s_i, s_ii, s_e, s_ei in ((i0, i1, i2, i3), (i4, i5, i6, i7), (i8, i9, i10, i11)):
+            su = s_e - al * s_i
+            col = min(max(-su / (al * n), 0.001), 0.999)
+            total += al * (al * s_ii - 2.0 * s_ei) + 2.0 * al * col * su + al * al * col * col * n
+        if total < best:
+            best, best_a = total, al
+    return best, best_a
+
+
+@njit(**_OPTS)
 def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1, step):
     """Hill-climb the candidates ``range(c0, c1, step)``: each starts as a random triangle of
     radius about ``size`` px around its center (``centers`` (n, 2) pixels) and takes
@@ -156,7 +200,11 @@ def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1
             t = angle + j * 2.0 * math.pi / 3.0 + (np.random.random() - 0.5)
             v[j, 0] = cx + r * math.cos(t)
             v[j, 1] = cy + r * math.sin(t)
-        score, _ = _score(v, sums, H, W, acc, alphas, color)
+        rgb = C == 3
+        if rgb:
+            score, _ = _score_rgb(v, sums, H, W, alphas)
+        else:
+            score, _ = _score(v, sums, H, W, acc, alphas, color)
         for m in range(mutations):
             # vertex moves shrink geometrically from 0.7 to 0.05 of the size
             step = size * 0.7 * (0.05 / 0.7) ** (m / max(1, mutations - 1))
@@ -164,7 +212,10 @@ def climb(sums, centers, size, mutations, alphas, seed, out_score, out_v, c0, c1
             j = np.random.randint(3)
             trial[j, 0] += np.random.normal() * step
             trial[j, 1] += np.random.normal() * step
-            s, _ = _score(trial, sums, H, W, acc, alphas, color)
+            if rgb:
+                s, _ = _score_rgb(trial, sums, H, W, alphas)
+            else:
+                s, _ = _score(trial, sums, H, W, acc, alphas, color)
             if s < score:
                 score = s
                 v[:] = trial
