@@ -234,6 +234,33 @@ def _edge_z(e, px, py):
     return z0, z1, z2
 
 
+@njit(**_OPTS, inline="always")
+def _lane_row(e, c, row0, r, col0, cols):
+    """Row ``r`` of a tile for the vectorized paths: its pixel-center height ``py`` and the lanes
+    [j_lo, j_hi) of the triangle's conservative span (empty when j_hi <= j_lo)."""
+    lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+    return np.float32(row0 + r + 0.5), lo - col0, hi - col0
+
+
+@njit(**_OPTS, inline="always")
+def _lane(e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, inside, live_pixel, t):
+    """SPEC 2.1's per-pixel rules in masked form, for the vectorized paths: the edge values, the
+    coverage ``wv``, ``ow = opacity * wv``, alpha, the transmittance after the pair (``t``
+    before it) and the masks ``stop`` (the pixel stops here) and ``use`` (the pair composites
+    here). A pixel outside the span (``inside`` False), already stopped (``live_pixel`` False)
+    or below 1/255 has both masks False. Scalars only and inlined by numba (``inline="always"``):
+    a call left in the loop, or arrays passed to it, kept the loop scalar (4-5x slower)."""
+    z0 = e0 * px + y0 + e2
+    z1 = e3 * px + y1 + e5
+    z2 = e6 * px + y2 + e8
+    wv = _sigmoid(min(z0, z1, z2))
+    ow = o * wv
+    a = min(ow, _A_MAX)
+    t_new = t * (_ONE - a)
+    live = inside & live_pixel & (a >= _A_MIN)
+    return z0, z1, z2, wv, ow, a, t_new, live & (t_new < _T_MIN), live & (t_new >= _T_MIN)
+
+
 @njit(**_OPTS)
 def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, T, done, acc0, acc1, acc2):
     """One (tile, triangle) pair of :func:`raster_forward` for a flat RGB color (c0, c1, c2) and
@@ -244,24 +271,19 @@ def _forward_flat3(e, c, o, c0, c1, c2, row0, col0, rows, cols, T, done, acc0, a
     stopped = 0
     r_lo, r_hi = _rows(c, row0, rows)
     for r in range(r_lo, r_hi):
-        py = np.float32(row0 + r + 0.5)
-        y0, y1, y2 = e1 * py, e4 * py, e7 * py
-        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
-        if not hi > lo:
+        py, j_lo, j_hi = _lane_row(e, c, row0, r, col0, cols)
+        if not j_hi > j_lo:
             continue
-        j_lo = lo - col0
-        j_hi = hi - col0
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
         base = r * LANES
         for j in range(LANES):
             p = np.uint64(base + j)  # unsigned: no negative-index wraparound, so it vectorizes
             px = np.float32(col0 + j + 0.5)
-            z = min(e0 * px + y0 + e2, e3 * px + y1 + e5, e6 * px + y2 + e8)
-            a = min(o * _sigmoid(z), _A_MAX)
+            inside = (j >= j_lo) & (j < j_hi)
             t = T[p]
-            t_new = t * (_ONE - a)
-            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
-            stop = live & (t_new < _T_MIN)
-            use = live & (t_new >= _T_MIN)
+            _, _, _, _, _, a, t_new, stop, use = _lane(
+                e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, inside, done[p] == 0, t
+            )
             done[p] = done[p] | np.uint8(stop)
             stopped += np.int64(stop)
             vis = a * t if use else _ZERO
@@ -368,29 +390,20 @@ def _backward_flat3(
     stopped = 0
     r_lo, r_hi = _rows(c, row0, rows)
     for r in range(r_lo, r_hi):
-        py = np.float32(row0 + r + 0.5)
-        y0, y1, y2 = e1 * py, e4 * py, e7 * py
-        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
-        if not hi > lo:
+        py, j_lo, j_hi = _lane_row(e, c, row0, r, col0, cols)
+        if not j_hi > j_lo:
             continue
-        j_lo = lo - col0
-        j_hi = hi - col0
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
         base = r * LANES
         for j in range(LANES):
             p = np.uint64(base + j)
             q = np.uint64(j)
             px = np.float32(col0 + j + 0.5)
-            z0 = e0 * px + y0 + e2
-            z1 = e3 * px + y1 + e5
-            z2 = e6 * px + y2 + e8
-            wv = _sigmoid(min(z0, z1, z2))
-            ow = o * wv
-            a = min(ow, _A_MAX)
+            inside = (j >= j_lo) & (j < j_hi)
             t_before = T[p]
-            t_new = t_before * (_ONE - a)
-            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
-            stop = live & (t_new < _T_MIN)
-            use = live & (t_new >= _T_MIN)
+            z0, z1, z2, wv, ow, a, t_new, stop, use = _lane(
+                e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, inside, done[p] == 0, t_before
+            )
             done[p] = done[p] | np.uint8(stop)
             stopped += np.int64(stop)
             vis = a * t_before
@@ -607,25 +620,20 @@ def _removal_flat3(
     stopped = 0
     r_lo, r_hi = _rows(c, row0, rows)
     for r in range(r_lo, r_hi):
-        py = np.float32(row0 + r + 0.5)
-        y0, y1, y2 = e1 * py, e4 * py, e7 * py
-        lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
-        if not hi > lo:
+        py, j_lo, j_hi = _lane_row(e, c, row0, r, col0, cols)
+        if not j_hi > j_lo:
             continue
-        j_lo = lo - col0
-        j_hi = hi - col0
+        y0, y1, y2 = e1 * py, e4 * py, e7 * py
         base = r * LANES
         for j in range(LANES):
             p = np.uint64(base + j)
             q = np.uint64(j)
             px = np.float32(col0 + j + 0.5)
-            z = min(e0 * px + y0 + e2, e3 * px + y1 + e5, e6 * px + y2 + e8)
-            a = min(o * _sigmoid(z), _A_MAX)
+            inside = (j >= j_lo) & (j < j_hi)
             t_before = T[p]
-            t_new = t_before * (_ONE - a)
-            live = (j >= j_lo) & (j < j_hi) & (done[p] == 0) & (a >= _A_MIN)
-            stop = live & (t_new < _T_MIN)
-            use = live & (t_new >= _T_MIN)
+            _, _, _, _, _, a, t_new, stop, use = _lane(
+                e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, inside, done[p] == 0, t_before
+            )
             done[p] = done[p] | np.uint8(stop)
             stopped += np.int64(stop)
             vis = a * t_before
