@@ -3,27 +3,17 @@ per-vertex refinement starts from exactly the flat fit's picture and never ends 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("numba")
 
-_PATH = Path(__file__).resolve().parent / "fit_ceiling.py"
-
 
 @pytest.fixture
-def ceiling():
-    spec = importlib.util.spec_from_file_location("fit_ceiling", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fit_ceiling"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["fit_ceiling"]
+def ceiling(perf_script):
+    return perf_script("fit_ceiling")
 
 
 def test_every_row_on_a_tiny_image(ceiling, tmp_path, capsys):

@@ -3,26 +3,16 @@ or geometrizejs, and the table it builds from repeated runs (medians, gain, time
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent / "fit_vs_geometrize.py"
-
 
 @pytest.fixture
-def bench():
-    spec = importlib.util.spec_from_file_location("fit_vs_geometrize", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fit_vs_geometrize"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["fit_vs_geometrize"]
+def bench(perf_script):
+    return perf_script("fit_vs_geometrize")
 
 
 def test_without_node_it_says_so_and_exits_0(bench, monkeypatch, capsys):
