@@ -6,8 +6,8 @@ a run with far more compute, and against the same triangles given per-vertex col
 
 The evidence behind the N = 64 row of ``perf/fit_vs_geometrize.py`` (README, performance): there
 the goal is +3 dB over geometrize, and this shows how much of it more compute can buy. For every
-image (the bundled one by default), resized (Lanczos) to ``--size`` px and rounded to 8 bits as
-the peer benchmark does, in-process on the CPU fit:
+image (the bundled one by default), resized (Lanczos) to ``--size`` px (8-bit values, the peer
+benchmark's target), in-process on the CPU fit:
 
 - **default**: the greedy start and :func:`tritri.fitting.cpu_fit.fit_triangles_cpu` as
   ``tritri fit --triangles N`` runs them (its steps, warm-up, edge softness 0.5 px, seed 0);
@@ -35,15 +35,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-
-def load_target(image: str | None, size: int) -> np.ndarray:
-    """``(3, H, W)`` float32 target: ``image`` (None: the bundled one) resized to ``size`` px on
-    its long side and rounded to 8 bits (as ``perf/fit_vs_geometrize.py`` gives both tools)."""
-    from tritri.fitting.export import load_image_array
-
-    img = load_image_array(image, size)
-    return (np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
 def flat_fit(
@@ -76,11 +67,12 @@ def per_vertex_refine(
     import torch
 
     import tritri
+    from tritri.fitting.cpu_fit import psnr_np
 
     _, H, W = target.shape
     goal = torch.from_numpy(target)
 
-    def logit(x: np.ndarray) -> torch.Tensor:
+    def logit(x: np.ndarray) -> torch.Tensor:  # starts.logit clamps to 1e-3: fitted values go past
         return torch.logit(torch.as_tensor(x, dtype=torch.float32).clamp(1e-4, 1 - 1e-4))
 
     verts = torch.tensor(values["verts"], dtype=torch.float32)[None].requires_grad_()
@@ -98,9 +90,7 @@ def per_vertex_refine(
             verts, torch.sigmoid(color), torch.sigmoid(opacity), height=H, width=W,
             sigma=sigma, background=torch.sigmoid(background),
         )[0]  # fmt: skip
-        with torch.no_grad():
-            mse = float(((image.clamp(0, 1) - goal) ** 2).mean())
-            psnr = math.inf if mse == 0 else -10.0 * math.log10(mse)
+        psnr = psnr_np(image.detach().numpy(), target)
         start = psnr if step == 0 else start
         best = max(best, psnr)
         if step == steps:
@@ -129,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from tritri.fitting.export import load_image_array
+
     torch.set_num_threads(1)  # torch's ops; the rasterizer uses every core (README, CPU threads)
     rows = []
     print(f"flat-triangle fit at N = {args.n}: defaults, {args.seeds} long run(s) of "
@@ -137,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| image | default | long, best (range) | per-vertex |")
     print("|---|---:|---:|---:|")
     for image in args.images or [None]:
-        target = load_target(image, args.size)
+        target = load_image_array(image, args.size)  # 8-bit values, as the peer's target
         default = flat_fit(target, args.n, steps=args.steps)
         long = [
             flat_fit(target, args.n, steps=args.long_steps, seed=seed, sigma=args.long_sigma,
