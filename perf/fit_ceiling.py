@@ -44,7 +44,7 @@ def flat_fit(
     """The CPU fit as ``tritri fit --triangles n`` runs it (greedy start, 5 % warm-up), with
     ``steps`` (None: its default by count), ``seed``, ``sigma`` and ``reseed_every`` changeable.
     Returns the :class:`tritri.fitting.cpu_fit.CpuFitResult`."""
-    from tritri.fit import default_steps
+    from tritri.fitting.cli import default_steps
     from tritri.fitting.cpu_fit import fit_triangles_cpu
     from tritri.fitting.starts import greedy_start
 
@@ -67,12 +67,12 @@ def per_vertex_refine(
     import torch
 
     import tritri
-    from tritri.fitting.cpu_fit import psnr_np
+    from tritri.fitting.numeric import psnr
 
     _, H, W = target.shape
     goal = torch.from_numpy(target)
 
-    def logit(x: np.ndarray) -> torch.Tensor:  # starts.logit clamps to 1e-3: fitted values go past
+    def logit(x: np.ndarray) -> torch.Tensor:  # numeric.logit clamps to 1e-3: fitted values go past
         return torch.logit(torch.as_tensor(x, dtype=torch.float32).clamp(1e-4, 1 - 1e-4))
 
     verts = torch.tensor(values["verts"], dtype=torch.float32)[None].requires_grad_()
@@ -90,9 +90,9 @@ def per_vertex_refine(
             verts, torch.sigmoid(color), torch.sigmoid(opacity), height=H, width=W,
             sigma=sigma, background=torch.sigmoid(background),
         )[0]  # fmt: skip
-        psnr = psnr_np(image.detach().numpy(), target)
-        start = psnr if step == 0 else start
-        best = max(best, psnr)
+        quality = psnr(image.detach().numpy(), target)
+        start = quality if step == 0 else start
+        best = max(best, quality)
         if step == steps:
             break
         loss = ((image - goal) ** 2).mean()

@@ -6,7 +6,7 @@
 
 For every N, on the bundled sample image at the default size (longest side 256 px):
 
-- **mosaic**: :func:`tritri.mosaic.delaunay_mosaic` -- N triangles over edge-weighted sample
+- **mosaic**: :func:`tritri.fitting.mosaic.delaunay_mosaic` -- N triangles over edge-weighted sample
   points, each filled with the mean color of its pixels (the L2-optimal flat color);
 - **fit**: ``tritri fit --triangles N`` with every other option at its default (its greedy start;
   ``--init delaunay`` starts from that same mosaic), run in-process; its PSNR is the one written
@@ -37,7 +37,7 @@ TIME_BUDGET_S = 120.0
 
 def mosaic_psnr(n: int, seed: int, size: int) -> float:
     from tritri.fitting.export import load_image
-    from tritri.mosaic import delaunay_mosaic
+    from tritri.fitting.mosaic import delaunay_mosaic
 
     target = load_image(None, size)
     return delaunay_mosaic(target.permute(1, 2, 0).numpy(), n, seed=seed).psnr
@@ -45,7 +45,7 @@ def mosaic_psnr(n: int, seed: int, size: int) -> float:
 
 def fit_psnr(n: int, seed: int, extra: list[str]) -> tuple[float, float]:
     """PSNR and loop+output seconds of ``tritri fit --triangles n`` (in-process)."""
-    from tritri.fit import main
+    from tritri.fitting.cli import main
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ runs once, untimed.
 Threads: each implementation runs as it runs best with all the cores. The torch backend and the
 reference are torch ops on torch's threads. The numba case runs as ``tritri fit`` does (and as
 the README recommends for CPU work): torch's own small ops on one thread, the rasterizer on all
-of them (:func:`tritri.numba_backend.set_num_threads`). With torch's default threads, its OpenMP
+of them (:func:`tritri.cpu.set_num_threads`). With torch's default threads, its OpenMP
 workers spin-wait after every op (the setup, the loss) and take a core from the rasterizer's
 threads: forward + backward 9.5 ms median instead of 6.3 ms on a 2-core EPYC.
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import tritri
-from tritri import numba_backend
+import tritri.cpu
 from tritri.reference import render_dense
 
 B, H, W, N = 1, 171, 256, 256
@@ -55,11 +55,11 @@ def _threads(impl: str):
         return
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    numba_backend.set_num_threads(torch_threads)
+    tritri.cpu.set_num_threads(torch_threads)
     try:
         yield
     finally:
-        numba_backend.set_num_threads(None)
+        tritri.cpu.set_num_threads(None)
         torch.set_num_threads(torch_threads)
 
 

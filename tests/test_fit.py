@@ -6,7 +6,6 @@ tritri``). ``--backend torch`` keeps the Triton interpreter (switched on by conf
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -289,8 +288,9 @@ def test_triton_backend_on_cpu_without_interpreter_is_one_line(tmp_path, capsys,
     if torch.cuda.is_available():
         pytest.skip("CUDA present: --backend triton is valid")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    render_module = importlib.import_module("tritri.render")  # the module, not the function
-    monkeypatch.setattr(render_module, "_interpreter_active", lambda: False)
+    from tritri.kernels import raster as triton_raster
+
+    monkeypatch.setattr(triton_raster, "interpreter_active", lambda: False)
     argv = ["fit", "--size", "24", "-n", "4", "--steps", "1", "--backend", "triton", "-q"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,7 +1,8 @@
 """The torch-free CPU fit (``tritri.fitting.cpu_fit``) and what it is made of.
 
-- the numba setup (:mod:`tritri.numba_geometry`) against :func:`tritri.geometry.prepare_triangles`
-  (planes, culling data, bad triangles) and its hand-derived backward against torch autograd;
+- the numba setup (:mod:`tritri.fitting.cpu_geometry`) against
+  :func:`tritri.geometry.prepare_triangles` (planes, culling data, bad triangles) and its
+  hand-derived backward against torch autograd;
 - one step of the loop (render, objective, every parameter gradient) against the dense reference
   and torch's :class:`tritri.losses.GeometricMeanLoss` through autograd;
 - the loop itself (pruning, relocation, best step, Ctrl-C) and ``tritri fit`` choosing it without
@@ -24,8 +25,9 @@ pytest.importorskip("numba")
 
 from tritri.fitting import cpu_fit  # noqa: E402
 from tritri.fitting.cpu_fit import _logits, _objective, _Scene, fit_triangles_cpu  # noqa: E402
+from tritri.fitting.cpu_geometry import prepare_backward, prepare_flat  # noqa: E402
+from tritri.fitting.numeric import psnr  # noqa: E402
 from tritri.geometry import prepare_triangles  # noqa: E402
-from tritri.numba_geometry import prepare_backward, prepare_flat  # noqa: E402
 from tritri.reference import render_dense  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +110,7 @@ def test_one_step_matches_dense_reference_and_balancer(names):
     image = scene.render(target)
     stats, w_abs, w_sq, quality, std = _objective(scene.sums, image.shape, names)
     grads = scene.backward(target, w_abs, w_sq)
-    assert quality == pytest.approx(cpu_fit.psnr_np(image, target), abs=1e-6)
+    assert quality == pytest.approx(psnr(image, target), abs=1e-6)
     assert std == pytest.approx(float(image.astype(np.float64).std(axis=(1, 2)).max()), rel=1e-5)
 
     leaves = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in params.items()}
@@ -152,10 +154,10 @@ def test_fit_prunes_relocates_and_improves():
     assert result.values["verts"].shape == (12, 3, 2)
     assert result.values["colors"].shape == (12, 3) and result.values["opacity"].shape == (12,)
     assert result.steps == 40 and [r["step"] for r in records] == list(range(40))
-    start_psnr = cpu_fit.psnr_np(cpu_fit.render_cpu(start, *target.shape[1:], 0.5), target)
+    start_psnr = psnr(cpu_fit.render_cpu(start, *target.shape[1:], 0.5), target)
     assert result.psnr > start_psnr + 2
     again = cpu_fit.render_cpu(result.values, *target.shape[1:], 0.5)
-    assert cpu_fit.psnr_np(again, target) == pytest.approx(result.psnr, abs=1e-4)
+    assert psnr(again, target) == pytest.approx(result.psnr, abs=1e-4)
     assert {"total", "loss/l1", "loss/mse", "weight/l1", "log/mse", "psnr"} <= set(records[-1])
     assert np.all(np.isfinite(result.image))
 
@@ -263,7 +265,7 @@ def test_cli_cpu_fit_beside_the_torch_loop(tmp_path):
 def test_which_loop_runs(extra, expected, monkeypatch):
     import argparse
 
-    from tritri import fit
+    from tritri.fitting import cli as fit
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(fit, "_cuda_possible", lambda: False)

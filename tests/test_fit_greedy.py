@@ -1,4 +1,4 @@
-"""Greedy triangle placement (tritri.numba_greedy) against brute force, and the relocation it
+"""Greedy triangle placement (tritri.fitting.greedy) against brute force, and the relocation it
 drives (tritri.fitting.schedule.relocation_placement)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("numba")
 
+from tritri.cpu import get_num_threads, set_num_threads  # noqa: E402
+from tritri.fitting.greedy import ALPHAS, _best, _gather, place, row_sums  # noqa: E402
 from tritri.fitting.schedule import relocation_placement  # noqa: E402
-from tritri.numba_greedy import ALPHAS, _best, _gather, place, row_sums  # noqa: E402
-from tritri.numba_raster import get_num_threads, set_num_threads  # noqa: E402
 
 
 def _images(H=21, W=34, seed=0):
@@ -87,7 +87,7 @@ def test_gather_and_best_match_brute_force(v):
 
 def test_rgb_score_matches_the_generic_one():
     """The climb's RGB fast path (sums in local variables) scores like _gather + _best."""
-    from tritri.numba_greedy import _score, _score_rgb
+    from tritri.fitting.greedy import _score, _score_rgb
 
     H, W = 21, 34
     image, target = _images(H, W)
@@ -171,7 +171,8 @@ def _two_tone_target(H=32, W=48):
 
 
 def test_greedy_start_places_big_triangles_first_and_fits_the_target():
-    from tritri.fitting.cpu_fit import psnr_np, render_cpu
+    from tritri.fitting.cpu_fit import render_cpu
+    from tritri.fitting.numeric import psnr
     from tritri.fitting.starts import delaunay_start, greedy_start
 
     target = _two_tone_target()
@@ -187,9 +188,9 @@ def test_greedy_start_places_big_triangles_first_and_fits_the_target():
     d1, d2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
     area = 0.5 * np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
     assert area[:8].mean() > 2 * area[16:].mean()  # batches of 8, 8, 8: later ones smaller
-    greedy = psnr_np(render_cpu(values, H, W, 0.5), target)
-    flat = psnr_np(np.broadcast_to(values["background"][:, None, None], target.shape), target)
-    mosaic = psnr_np(render_cpu(delaunay_start(target, 24), H, W, 0.5), target)
+    greedy = psnr(render_cpu(values, H, W, 0.5), target)
+    flat = psnr(np.broadcast_to(values["background"][:, None, None], target.shape), target)
+    mosaic = psnr(render_cpu(delaunay_start(target, 24), H, W, 0.5), target)
     assert greedy > flat + 8 and greedy > mosaic + 2, (greedy, flat, mosaic)
     again = greedy_start(target, 24, seed=3)
     for key in values:
@@ -198,7 +199,7 @@ def test_greedy_start_places_big_triangles_first_and_fits_the_target():
 
 
 def test_greedy_start_without_numba_is_the_mosaic(monkeypatch):
-    import tritri.numba_raster as numba_raster
+    import tritri.cpu.numba_raster as numba_raster
     from tritri.fitting.starts import delaunay_start, greedy_start
 
     target = _two_tone_target()

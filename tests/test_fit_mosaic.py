@@ -1,4 +1,4 @@
-"""The Delaunay triangle-mosaic baseline (tritri.mosaic) on synthetic images."""
+"""The Delaunay triangle-mosaic baseline (tritri.fitting.mosaic) on synthetic images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tritri.mosaic import delaunay_mosaic, edge_weights, mosaic_point_counts, sample_points
+from tritri.fitting.mosaic import delaunay_mosaic, edge_weights, mosaic_point_counts, sample_points
 
 
 def _inside(verts: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -116,7 +116,7 @@ def test_uint8_and_bad_images():
 def test_numba_delaunay_is_delaunay(n_triangles, seed):
     """Empty circumcircles, the hull covered exactly once, the count the point counts promise,
     and (where scipy is installed) the same triangles as Qhull."""
-    from tritri.numba_delaunay import delaunay
+    from tritri.fitting.delaunay import delaunay
 
     rng = np.random.default_rng(seed)
     img = rng.random((60, 90, 3))
@@ -147,7 +147,7 @@ def test_numba_delaunay_is_delaunay(n_triangles, seed):
 
 
 def test_pixel_owner_holds_each_pixel_center():
-    from tritri.numba_delaunay import delaunay, pixel_owner
+    from tritri.fitting.delaunay import delaunay, pixel_owner
 
     img = np.random.default_rng(3).random((23, 37, 3))
     points = sample_points(img, 80, seed=3)

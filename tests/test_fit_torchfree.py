@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import tritri.mosaic
+import tritri.fitting.mosaic
 from tritri.fitting.export import (
     load_image,
     load_image_array,
@@ -19,6 +19,7 @@ from tritri.fitting.export import (
     save_svg,
     to_uint8,
 )
+from tritri.fitting.numeric import logit, sigmoid
 from tritri.fitting.params import (
     TriangleParams,
     init_delaunay,
@@ -28,10 +29,8 @@ from tritri.fitting.params import (
 )
 from tritri.fitting.starts import (
     delaunay_start,
-    logit,
     random_start,
     read_triangles_json,
-    sigmoid,
     write_triangles_json,
 )
 from tritri.losses.monitor import LossMonitor
@@ -77,13 +76,13 @@ def test_delaunay_start_matches_init_delaunay():
 
 
 def test_delaunay_start_fills_up_with_faint_random_triangles(monkeypatch):
-    real = tritri.mosaic.delaunay_mosaic
+    real = tritri.fitting.mosaic.delaunay_mosaic
 
     def short(image, n_triangles, seed=0):  # degenerate sampling: 5 triangles short
         m = real(image, n_triangles, seed)
         return dataclasses.replace(m, verts=m.verts[:-5], colors=m.colors[:-5])
 
-    monkeypatch.setattr(tritri.mosaic, "delaunay_mosaic", short)
+    monkeypatch.setattr(tritri.fitting.mosaic, "delaunay_mosaic", short)
     target = load_image_array(None, 32)
     values = delaunay_start(target, 20, seed=3)
     assert values["verts"].shape == (20, 3, 2)

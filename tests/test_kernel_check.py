@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tritri import kernel_cost
+from tritri.tuning import kernel_cost
 
 ARCHS = (80, 90)
 
@@ -212,7 +212,7 @@ def test_a_global_the_compiler_rejects_is_a_compile_failure(tmp_path):
     script = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "from tritri.kernel_cost import capture_launches, compile_launch\n"
+        "from tritri.tuning.kernel_cost import capture_launches, compile_launch\n"
         "import broken_kernel\n"
         "with capture_launches() as launches:\n"
         "    broken_kernel.broken[(1,)](torch.ones(1))\n"
@@ -229,7 +229,7 @@ def test_a_global_the_compiler_rejects_is_a_compile_failure(tmp_path):
 
 
 def test_failures_name_kernel_variant_and_arch():
-    from tritri.check import failures
+    from tritri.tuning.check import failures
 
     rows = [
         {"arch": 80, "kernel": "k1", "variant": "v1", "default": True, "error": "boom"},

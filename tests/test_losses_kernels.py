@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tritri.configs.defaults import level_default as default_level_config
 from tritri.kernels.log_sum import log_sum_forward
-from tritri.kernels.loss_levels import (
-    default_level_config,
-    level_losses_backward,
-    level_losses_forward,
-)
+from tritri.kernels.loss_levels import level_losses_backward, level_losses_forward
 
 EPS = 1e-10
 

@@ -1,4 +1,4 @@
-"""The CPU fit's pixel passes (tritri.numba_objective) against numpy written out directly."""
+"""The CPU fit's pixel passes (tritri.fitting.cpu_objective) against numpy written out directly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from tritri import numba_objective as no  # noqa: E402
+from tritri.fitting import cpu_objective as no  # noqa: E402
 
 
 def _inputs(seed: int = 0, C: int = 3, H: int = 13, W: int = 37):

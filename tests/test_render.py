@@ -8,17 +8,13 @@ failure messages.
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from devices import backend_device, triton_device
 from render_helpers import check_against_reference, image_and_grads, random_scene
 
 import tritri
-
-# the attribute tritri.render is the function; the module is reached through sys.modules
-render_module = importlib.import_module("tritri.render")
+from tritri.kernels import raster as triton_raster  # noqa: E402
 
 
 def tritri_fn(height, width, sigma, backend, **kwargs):
@@ -90,7 +86,7 @@ def test_early_termination_matches_reference(backend):
     ids=["sorted", "sorted-overflow-scans", "deterministic", "deterministic-from-scan"],
 )
 def test_triton_binning_modes(binning, capacity, deterministic, monkeypatch):
-    import tritri.ops
+    import tritri.kernels.ops
 
     device = triton_device()
     seen = []
@@ -100,10 +96,10 @@ def test_triton_binning_modes(binning, capacity, deterministic, monkeypatch):
         seen.append(bins.overflow.any().item())
         return bins
 
-    bin_triangles = tritri.ops.bin_triangles
-    monkeypatch.setattr(tritri.ops, "bin_triangles", spy)
+    bin_triangles = tritri.kernels.ops.bin_triangles
+    monkeypatch.setattr(tritri.kernels.ops, "bin_triangles", spy)
     override = {"binning": binning, "pairs_per_triangle": capacity, "tile": 8}
-    monkeypatch.setattr(render_module, "RASTER_CONFIG_OVERRIDE", override)
+    monkeypatch.setattr(triton_raster, "RASTER_CONFIG_OVERRIDE", override)
     spec = SCENES["per_vertex_rgba"]
     scene, bg = _scene(spec, device)
     compare("triton", scene, 19, 18, background=bg, deterministic=deterministic,
@@ -126,8 +122,8 @@ def test_tuner_candidates_match_reference(monkeypatch):
     each forward candidate, and the gradients of each backward candidate, each run at another of
     the forward's (tile, binning) pairs, which the backward replays. Tiny problem (the interpreter
     is slow): 3 large triangles over 2 16-px or 6 8-px tiles."""
-    from tritri.tuning.defaults import raster_backward_default, raster_default
-    from tritri.tuning.raster import BACKWARD_CANDIDATES, FORWARD_CANDIDATES
+    from tritri.configs.defaults import raster_backward_default, raster_default
+    from tritri.tuning.candidates import BACKWARD_CANDIDATES, FORWARD_CANDIDATES
 
     device = triton_device()
     H, W, seed = 12, 20, 7
@@ -144,7 +140,7 @@ def test_tuner_candidates_match_reference(monkeypatch):
         runs.append((fwd, backwards[j % len(backwards)]))
     for fwd, bwd in runs:
         launch = (fwd, {**fwd, **{k: (bwd or fwd)[k] for k in ("chunk", "num_warps")}})
-        monkeypatch.setattr(render_module, "raster_config", lambda *args, cfg=launch: cfg)
+        monkeypatch.setattr(triton_raster, "raster_config", lambda *args, cfg=launch: cfg)
         compare("triton", scene, H, W, sigma=0.7, background=0.3, gradients=bwd is not None,
                 context=f"seed {seed}, forward {fwd}, backward {bwd}")  # fmt: skip
 
@@ -153,7 +149,7 @@ def test_torch_backend_groups_match_reference(monkeypatch):
     """The torch backend's grouped path (tiles in several checkpointed groups, by list length):
     with a group budget of one element every group holds a single tile; values and gradients match
     the reference, and match the one-group run."""
-    import tritri.torch_backend as torch_backend
+    import tritri.cpu.torch_tiles as torch_backend
     from tritri.geometry import prepare_triangles
 
     H, W, sigma, seed = 20, 27, 0.6, 13
@@ -196,7 +192,7 @@ def test_deterministic_sums_are_independent_of_tile_order():
     two runs of a larger scene are also compared bit for bit."""
     from tritri.binning import bin_triangles, tile_grid
     from tritri.geometry import prepare_triangles
-    from tritri.ops import rasterize, rasterize_backward
+    from tritri.kernels.ops import rasterize, rasterize_backward
 
     device = triton_device()
 
@@ -247,17 +243,17 @@ def test_deterministic_sums_are_independent_of_tile_order():
 
 def test_deterministic_none_follows_torch_setting(monkeypatch):
     """deterministic=None takes torch.are_deterministic_algorithms_enabled()."""
-    import tritri.ops
+    import tritri.kernels.ops
 
     device = triton_device()
     seen = []
-    real = tritri.ops.rasterize
+    real = tritri.kernels.ops.rasterize
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(tritri.ops, "rasterize", spy)
+    monkeypatch.setattr(tritri.kernels.ops, "rasterize", spy)
     scene = random_scene(1, 2, 1, seed=3, device=device)
     was, warn_only = (torch.are_deterministic_algorithms_enabled(),
                       torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip

@@ -188,7 +188,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 def test_custom_op_passes_opcheck():
     from tritri.geometry import prepare_triangles
-    from tritri.ops import rasterize
+    from tritri.kernels.ops import rasterize
 
     verts, colors, opacity = random_scene(1, 3, 2, seed=31, device=triton_device())
     prep = prepare_triangles(verts, colors, opacity, 8, 8, 0.5)

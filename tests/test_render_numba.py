@@ -9,7 +9,6 @@ on later runs).
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -19,9 +18,8 @@ import torch
 from render_helpers import image_and_grads
 
 import tritri
+from tritri import rendering  # noqa: E402
 from tritri.reference import render_dense
-
-render_module = importlib.import_module("tritri.render")
 
 NAMES = ["image", "alpha", "d verts", "d colors", "d opacity", "d background"]
 
@@ -164,8 +162,8 @@ def test_gradients_are_deterministic():
 
 @pytest.mark.parametrize("tile", [8, 32])
 def test_tile_size_does_not_change_the_result(tile):
+    from tritri.cpu import DEFAULT_TILE, rasterize_numba
     from tritri.geometry import prepare_triangles
-    from tritri.numba_backend import DEFAULT_TILE, rasterize_numba
 
     verts, colors, opacity = _small_scene(1, 20, 3, seed=11)
     prep = prepare_triangles(verts, colors, opacity, 37, 45, 0.5)
@@ -180,8 +178,8 @@ def test_vectorized_flat_path_matches_the_scalar_walk(tile):
     """Flat RGB with 16-px tiles takes the vectorized path (all 16 pixels of a row at once,
     masked); other tiles the scalar per-pixel walk. Both give the same values and gradients,
     with early termination (opaque stacks) in the scene."""
+    from tritri.cpu import DEFAULT_TILE, rasterize_numba
     from tritri.geometry import prepare_triangles
-    from tritri.numba_backend import DEFAULT_TILE, rasterize_numba
 
     assert DEFAULT_TILE == 16
     verts, colors, opacity = _small_scene(1, 60, 3, seed=5)
@@ -203,7 +201,7 @@ def test_sigmoid_without_libm_is_accurate():
     import numpy as np
     from numba import njit
 
-    from tritri.numba_kernels import _sigmoid
+    from tritri.cpu.numba_kernels import _sigmoid
 
     @njit
     def many(z, out):
@@ -224,23 +222,23 @@ def test_sigmoid_without_libm_is_accurate():
 
 
 def test_auto_picks_numba_on_the_cpu(monkeypatch):
-    from tritri import numba_backend
+    from tritri.cpu import numba_raster
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
-    assert render_module._resolve_backend("auto", cpu) == "numba"
+    assert rendering._resolve_backend("auto", cpu) == "numba"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert render_module._resolve_backend("auto", cpu) == "triton"
+    assert rendering._resolve_backend("auto", cpu) == "triton"
     monkeypatch.delenv("TRITON_INTERPRET")
-    monkeypatch.setattr(numba_backend, "numba_available", lambda: False)
-    assert render_module._resolve_backend("auto", cpu) == "torch"
+    monkeypatch.setattr(numba_raster, "numba_available", lambda: False)
+    assert rendering._resolve_backend("auto", cpu) == "torch"
     with pytest.raises(RuntimeError, match="numba"):
-        render_module._resolve_backend("numba", cpu)
+        rendering._resolve_backend("numba", cpu)
 
 
 def test_numba_rejects_cuda_tensors():
     with pytest.raises(RuntimeError, match="CPU"):
-        render_module._resolve_backend("numba", torch.device("cuda"))
+        rendering._resolve_backend("numba", torch.device("cuda"))
 
 
 def test_import_does_not_load_numba():
@@ -252,8 +250,8 @@ def test_import_does_not_load_numba():
 @pytest.mark.parametrize("tile", [16, 8])  # 16: the vectorized flat-RGB path; 8: the scalar walk
 def test_triangle_stats_match_removing_each_triangle(tile):
     """cost = growth of the squared error when a triangle is removed; weight = sum of alpha * T."""
+    from tritri.cpu import triangle_stats
     from tritri.geometry import prepare_triangles
-    from tritri.numba_backend import triangle_stats
 
     H, W = 23, 30
     verts, colors, opacity = _small_scene(1, 10, 3, seed=12)
@@ -283,7 +281,7 @@ def test_binning_on_the_pool_and_on_this_thread_agree(monkeypatch):
     """Small scenes bin on the calling thread, large ones on the pool: the same lists."""
     import numpy as np
 
-    import tritri.numba_raster as numba_raster
+    import tritri.cpu.numba_raster as numba_raster
     from tritri.geometry import prepare_triangles
 
     verts, colors, opacity = _small_scene(2, 40, 3, seed=12)

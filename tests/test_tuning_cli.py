@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritri.tuning import lookup, tune, tuner
-from tritri.tuning.lookup import clear_cache, get_config, load_config_file
+from tritri.configs import lookup
+from tritri.configs.lookup import clear_cache, get_config, load_config_file
+from tritri.tuning import tune, tuner
 
 REPO = Path(__file__).resolve().parents[1]
 GPU = "Fake GPU 9000"
@@ -44,7 +45,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: GPU)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(tune, "import_launchers", lambda: [])
+    monkeypatch.setattr(tune, "import_tunables", lambda: [])
     times = {1: 3.0, 2: 1.0, 4: 2.0}
     monkeypatch.setattr(tune, "make_time_fn", lambda quick: lambda run: times[run.block])
     clear_cache()
@@ -173,19 +174,27 @@ def test_unwritable_out_is_a_clean_error(
     assert "cannot write" in capsys.readouterr().err
 
 
-def test_import_launchers_reports_broken_modules(tmp_path: Path, monkeypatch) -> None:
-    pkg = tmp_path / "fakepkg_launchers"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "good.py").write_text(
+def test_import_tunables_reports_broken_modules(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "fake_tunables_good.py").write_text(
         "from tritri.tuning import register_tunable\n"
-        "register_tunable('from_launcher', [{'b': 1}], [{'n': 1}], lambda p, c: lambda: 0)\n"
+        "register_tunable('from_module', [{'b': 1}], [{'n': 1}], lambda p, c: lambda: 0)\n"
     )
-    (pkg / "bad.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "fake_tunables_bad.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    failures = tune.import_launchers(("fakepkg_launchers", "no_such_package_xyz"))
-    assert "from_launcher" in tuner.tunables()
-    assert any("fakepkg_launchers.bad" in f and "boom" in f for f in failures)
-    assert any("no_such_package_xyz" in f for f in failures)
-    for name in ("fakepkg_launchers", "fakepkg_launchers.good", "fakepkg_launchers.bad"):
+    failures = tune.import_tunables(
+        ("fake_tunables_good", "fake_tunables_bad", "no_such_module_xyz")
+    )
+    assert "from_module" in tuner.tunables()
+    assert len(failures) == 2
+    assert any("fake_tunables_bad" in f and "boom" in f for f in failures)
+    assert any("no_such_module_xyz" in f for f in failures)
+    for name in ("fake_tunables_good", "fake_tunables_bad"):
         sys.modules.pop(name, None)
+
+
+def test_tunables_are_found_in_one_place(monkeypatch) -> None:
+    """Every tunable kernel comes from tune.TUNABLE_MODULES, and the rasterizer's are there."""
+    for name in tune.TUNABLE_MODULES:  # imported afresh: other tests clear the registry
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert tune.import_tunables() == []
+    assert {"raster_forward", "raster_backward"} <= set(tuner.tunables())

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritri.tuning import lookup
-from tritri.tuning.lookup import (
+from tritri.configs import lookup
+from tritri.configs.lookup import (
     ConfigWarning,
     clear_cache,
     find_config,
@@ -22,7 +22,7 @@ from tritri.tuning.lookup import (
     nearest_entry,
     problem_distance,
 )
-from tritri.tuning.slug import device_slug
+from tritri.configs.slug import device_slug
 
 REPO = Path(__file__).resolve().parents[1]
 GPU = "Fake GPU 9000 (48GB)"

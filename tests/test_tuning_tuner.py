@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from tritri.tuning import lookup, tuner
-from tritri.tuning.lookup import ConfigFileError, clear_cache, get_config, load_config_file
+from tritri.configs import lookup
+from tritri.configs.lookup import ConfigFileError, clear_cache, get_config, load_config_file
+from tritri.tuning import tuner
 from tritri.tuning.tuner import (
     NoViableConfig,
     build_document,

@@ -16,14 +16,14 @@ import sys
 from tritri import _startup
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "fit": ("tritri.fit", "fit an image with triangles"),
+    "fit": ("tritri.fitting.cli", "fit an image with triangles"),
     "tune": (
         "tritri.tuning.tune",
         "benchmark kernel configs on this GPU and write its config file",
     ),
     "plot": ("tritri.losses.plot", "plot the loss curves of a metrics .jsonl file"),
     "check": (
-        "tritri.check",
+        "tritri.tuning.check",
         "compile every Triton kernel for real NVIDIA targets (no GPU needed) and report its cost",
     ),
 }

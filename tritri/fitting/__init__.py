@@ -3,7 +3,7 @@
 - :mod:`tritri.fitting.params`: :class:`TriangleParams` and the starts (:func:`init_greedy`,
   :func:`init_delaunay`, :func:`init_random`, :func:`load_triangles_json`),
   :func:`save_triangles_json`;
-- :mod:`tritri.fitting.loop`: :func:`fit_triangles`, :func:`psnr`;
+- :mod:`tritri.fitting.loop`: :func:`fit_triangles`; :mod:`tritri.fitting.numeric`: :func:`psnr`;
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
 - :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers;
 - :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O;
@@ -32,7 +32,7 @@ _EXPORTS = {
     "init_random": "tritri.fitting.params",
     "load_image": "tritri.fitting.export",
     "load_triangles_json": "tritri.fitting.params",
-    "psnr": "tritri.fitting.loop",
+    "psnr": "tritri.fitting.numeric",
     "random_start": "tritri.fitting.starts",
     "sample_image_path": "tritri.fitting.export",
     "save_comparison": "tritri.fitting.export",

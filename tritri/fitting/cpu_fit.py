@@ -4,10 +4,10 @@ without torch.
 :func:`tritri.fitting.loop.fit_triangles` runs any objective on any device through torch
 autograd; on a CPU with the pixel losses, importing torch alone (2-3 s on a 2-core machine) costs
 more than the whole fit. This loop is the same fit for that case, with the gradient chain written
-out: the numba setup (:mod:`tritri.numba_geometry`, forward and hand-derived backward), the numba
-rasterizer (:mod:`tritri.numba_raster`), the pixel losses and the geometric-mean balancer in
-numpy, and Adam. It makes the same moves at the same steps as ``fit_triangles`` (shared in
-:mod:`tritri.fitting.schedule`): pruning an over-complete start down to ``keep`` by each
+out: the numba setup (:mod:`tritri.fitting.cpu_geometry`, forward and hand-derived backward), the
+numba rasterizer (:mod:`tritri.cpu.numba_raster`), the pixel losses and the geometric-mean
+balancer in numpy, and Adam. It makes the same moves at the same steps as ``fit_triangles``
+(shared in :mod:`tritri.fitting.schedule`): pruning an over-complete start down to ``keep`` by each
 triangle's exact removal cost, re-placing the least useful ones greedily where they cut the
 error most, a cosine learning-rate decay, and ending with the best step's triangles.
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tritri.fitting.loss_names import PIXEL_LOSSES
+from tritri.fitting.numeric import logit, psnr, sigmoid
 from tritri.fitting.schedule import (
     StepLog,
     box_blur,
@@ -36,10 +37,8 @@ from tritri.fitting.schedule import (
     move_steps,
     relocation_placement,
 )
-from tritri.fitting.starts import logit, sigmoid
-from tritri.mosaic import psnr_np as mosaic_psnr
 
-__all__ = ["CPU_LOSSES", "CpuFitResult", "fit_triangles_cpu", "psnr_np", "render_cpu"]
+__all__ = ["CPU_LOSSES", "CpuFitResult", "fit_triangles_cpu", "render_cpu"]
 
 #: The losses this loop computes: the pixel ones.
 CPU_LOSSES = PIXEL_LOSSES
@@ -47,11 +46,6 @@ CPU_LOSSES = PIXEL_LOSSES
 _EPS, _MIN_LOSS, _REG_WEIGHT = 1e-8, 1e-4, 0.01
 #: Opacity logit of a pruned slot (as in fit_triangles): opacity ~1e-13, culled by the renderer.
 _DEAD_LOGIT = -30.0
-
-
-def psnr_np(pred: np.ndarray, target: np.ndarray) -> float:
-    """PSNR in dB of an image in [0, 1] against ``target`` (pred is clamped to [0, 1] first)."""
-    return mosaic_psnr(np.clip(pred, 0.0, 1.0), target)
 
 
 def render_cpu(values: dict[str, np.ndarray], height: int, width: int, sigma: float) -> np.ndarray:
@@ -142,7 +136,7 @@ class _Scene:
         self.H, self.W, self.sigma = height, width, float(sigma)
 
     def prepare(self) -> None:
-        from tritri.numba_geometry import prepare_flat
+        from tritri.fitting.cpu_geometry import prepare_flat
 
         p, M = self.p, self.p["verts"].shape[0]
         self.colors = _sigmoid(p["color_logits"])
@@ -160,9 +154,9 @@ class _Scene:
 
     def render(self, target: np.ndarray | None = None) -> np.ndarray:
         """``(3, H, W)`` float32 render (not clamped); with ``target``, also gathers the sums of
-        :func:`tritri.numba_objective.pixel_sums` into ``self.sums``."""
-        from tritri.numba_objective import pixel_sums
-        from tritri.numba_raster import raster_forward
+        :func:`tritri.fitting.cpu_objective.pixel_sums` into ``self.sums``."""
+        from tritri.cpu.numba_raster import raster_forward
+        from tritri.fitting.cpu_objective import pixel_sums
 
         self.prepare()
         color, T, lists = raster_forward(
@@ -178,9 +172,9 @@ class _Scene:
     def backward(self, target: np.ndarray, w_abs: float, w_sq: float) -> dict[str, np.ndarray]:
         """Gradients of the parameters of the last :meth:`render` (with ``target``) for the
         objective ``dtotal/dimage = w_abs * sign(image - target) + w_sq * (image - target)``."""
-        from tritri.numba_geometry import prepare_backward
-        from tritri.numba_objective import pixel_grads
-        from tritri.numba_raster import raster_backward
+        from tritri.cpu.numba_raster import raster_backward
+        from tritri.fitting.cpu_geometry import prepare_backward
+        from tritri.fitting.cpu_objective import pixel_grads
 
         g = np.empty_like(self.image)
         grad_T = np.empty_like(self.T[0])
@@ -208,7 +202,7 @@ class _Scene:
         without it (M,), from that render's tile lists and buffers: the parameters as they were
         then (the fit asks right after the step's update; one step's difference does not change
         which triangles are worth least, and it saves a render)."""
-        from tritri.numba_raster import removal_stats
+        from tritri.cpu.numba_raster import removal_stats
 
         cost, _ = removal_stats(
             self.edges, self.colors_in, self.opacity_in, self.cull, self.H, self.W,
@@ -221,11 +215,11 @@ class _Scene:
 def _objective(
     sums: np.ndarray, shape: tuple[int, ...], names: Sequence[str]
 ) -> tuple[dict[str, float], float, float, float, float]:
-    """From a render's :func:`tritri.numba_objective.pixel_sums` (image ``shape`` (C, H, W)):
+    """From a render's :func:`tritri.fitting.cpu_objective.pixel_sums` (image ``shape`` (C, H, W)):
     the geometric-mean objective's stats (GeometricMeanLoss's keys), the coefficients ``w_abs``,
     ``w_sq`` of its pixel gradient (:meth:`_Scene.backward`), the PSNR of the clamped render and
     the image's spatial std (max over channels)."""
-    from tritri.numba_objective import CHANNEL_SUMS, SUM_ABS, SUM_SQ, SUM_SQ_CLAMPED
+    from tritri.fitting.cpu_objective import CHANNEL_SUMS, SUM_ABS, SUM_SQ, SUM_SQ_CLAMPED
 
     C = shape[0]
     n = float(np.prod(shape))
@@ -299,7 +293,7 @@ def fit_triangles_cpu(
     Returns:
         a :class:`CpuFitResult` (the triangles in ``values``, compacted to ``keep``).
     """
-    from tritri.numba_raster import numba_available
+    from tritri.cpu import numba_available
 
     if not numba_available():
         raise RuntimeError("the CPU fit needs the numba package (pip install numba)")
@@ -404,12 +398,12 @@ def fit_triangles_cpu(
         live[np.argsort(-score, kind="stable")[:keep]] = True
         params["opacity_logits"][~live] = _DEAD_LOGIT
     final = np.clip(scene.render(), 0.0, 1.0)
-    final_psnr = psnr_np(final, target)
+    final_psnr = psnr(final, target)
     if best_state is not None and best_psnr > final_psnr:
         saved, live = best_state
         params.update(saved)
         final = np.clip(scene.render(), 0.0, 1.0)
-        final_psnr = psnr_np(final, target)
+        final_psnr = psnr(final, target)
     else:
         best_step = step
     rows = np.flatnonzero(live) if keep < M else np.arange(M)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
-from tritri.fitting.starts import as_numpy
+from tritri.fitting.numeric import as_numpy
 
 if TYPE_CHECKING:
     from torch import Tensor

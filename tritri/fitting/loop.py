@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import tritri
+from tritri.fitting.numeric import psnr
 from tritri.fitting.params import TriangleParams
 from tritri.fitting.schedule import (
     StepLog,
@@ -33,12 +33,6 @@ from tritri.fitting.schedule import (
 )
 
 __all__ = ["FitResult", "fit_triangles", "psnr"]
-
-
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """PSNR in dB of an image in [0, 1] against ``target`` (pred is clamped to [0, 1] first)."""
-    mse = float(F.mse_loss(pred.detach().float().clamp(0, 1), target.detach().float()))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 @dataclass
@@ -213,7 +207,7 @@ def _reseed(
     """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
 
     The fallback of :func:`fit_triangles` where the per-triangle statistics of
-    :func:`tritri.numba_backend.triangle_stats` cannot be had (no numba). Respawned triangles go
+    :func:`tritri.cpu.triangle_stats` cannot be had (no numba). Respawned triangles go
     on top of the draw order (their Adam state is reset); the others keep their order and state.
     Returns how many were respawned.
     """
@@ -235,7 +229,7 @@ def _reseed(
 def _triangle_costs(params: TriangleParams, target: Tensor, sigma: float) -> Tensor | None:
     """Per triangle, how much the squared error would grow without it (CPU, numba); None when
     numba is not available. Works for a fit on any device (the triangles are small to move)."""
-    from tritri.numba_backend import numba_available, triangle_stats
+    from tritri.cpu import numba_available, triangle_stats
 
     if not numba_available():
         return None
@@ -299,7 +293,7 @@ def fit_triangles(
       them, scored exactly from running sums: :func:`tritri.fitting.schedule.relocation_placement`).
 
     "Worth" is the exact growth of the squared error if the triangle were removed
-    (:func:`tritri.numba_backend.triangle_stats`, on the CPU whatever the fit's device); without
+    (:func:`tritri.cpu.triangle_stats`, on the CPU whatever the fit's device); without
     numba, relocation falls back to dead triangles only (transparent, degenerate, off-screen) and
     pruning to the least opaque.
 

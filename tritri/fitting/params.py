@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tritri.fitting.numeric import LOGIT_EPS
 from tritri.fitting.starts import (
     JSON_FORMAT,
     JSON_VERSION,  # noqa: F401 - re-exported (it lived here)
-    LOGIT_EPS,
     VALUE_KEYS,
     check_triangle_shapes,
     delaunay_start,
@@ -134,7 +134,7 @@ def init_delaunay(
     opacity: float = 0.95,
     grow_px: float = 0.5,
 ) -> TriangleParams:
-    """Start from the Delaunay mosaic (:func:`tritri.mosaic.delaunay_mosaic`) of ``target``
+    """Start from the Delaunay mosaic (:func:`tritri.fitting.mosaic.delaunay_mosaic`) of ``target``
     (:func:`tritri.fitting.starts.delaunay_start`).
 
     Each triangle gets its mosaic color and ``opacity``; its edges are pushed outwards by

@@ -174,19 +174,19 @@ def relocation_placement(
 
     ``search = (candidates, mutations)`` (default :func:`greedy_search` of ``n_live``): each
     triangle is placed greedily, one after the other
-    (:func:`tritri.numba_greedy.place`): the best, by the exact change of the squared error with
+    (:func:`tritri.fitting.greedy.place`): the best, by the exact change of the squared error with
     its best color and opacity, of ``candidates`` random triangles around pixels drawn in
     proportion to the (box-blurred) squared error, each hill-climbed by ``mutations`` vertex
     moves. ``(0, 0)``, or without numba: equilateral triangles at distinct error-drawn pixels,
     in the blurred target's color there, opacity 0.5 (``blurred_target``: ``box_blur(target)``,
     if the caller keeps it).
     """
-    from tritri.numba_raster import numba_available
+    from tritri.cpu import numba_available
 
     _, H, W = target.shape
     candidates, mutations = greedy_search(n_live) if search is None else search
     if candidates > 0 and numba_available():
-        from tritri.numba_greedy import place
+        from tritri.fitting.greedy import place
 
         pick = _error_centers(image, target, k * candidates, rng, replace=True)
         centers = np.stack([pick % W + 0.5, pick // W + 0.5], axis=-1).astype(np.float64)

@@ -21,18 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from tritri.fitting.numeric import as_numpy
+
 __all__ = [
     "JSON_FORMAT",
     "JSON_VERSION",
     "VALUE_KEYS",
-    "as_numpy",
     "check_triangle_shapes",
     "delaunay_start",
     "greedy_start",
-    "logit",
     "random_start",
     "read_triangles_json",
-    "sigmoid",
     "write_triangles_json",
 ]
 
@@ -42,32 +41,6 @@ JSON_VERSION = 1
 
 #: The keys of a values dict, in the order :class:`TriangleParams` takes them.
 VALUE_KEYS = ("verts", "colors", "opacity", "background")
-
-LOGIT_EPS = 1e-3  # values are clamped to [LOGIT_EPS, 1 - LOGIT_EPS] before taking logits
-
-
-def logit(x: np.ndarray) -> np.ndarray:
-    """``log(x / (1 - x))`` with ``x`` clamped to ``[1e-3, 1 - 1e-3]`` (like the torch params)."""
-    x = np.clip(np.asarray(x), LOGIT_EPS, 1.0 - LOGIT_EPS)
-    return np.log(x) - np.log1p(-x)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))``, without overflow for large ``|x|``; keeps a float dtype."""
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float64)
-    e = np.exp(-np.abs(x))  # in (0, 1]
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-
-
-def as_numpy(x: Any, dtype: type = np.float32) -> np.ndarray:
-    """A torch tensor (any device, with or without grad) or array-like as a numpy array of
-    ``dtype`` (float32 or float64), without importing torch."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        x = (x.double() if dtype == np.float64 else x.float()).numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def _image(target: Any) -> np.ndarray:
@@ -140,7 +113,7 @@ def delaunay_start(
     opacity: float = 0.95,
     grow_px: float = 0.5,
 ) -> dict[str, np.ndarray]:
-    """Start from the Delaunay mosaic (:func:`tritri.mosaic.delaunay_mosaic`) of ``target``.
+    """Start from the Delaunay mosaic (:func:`tritri.fitting.mosaic.delaunay_mosaic`) of ``target``.
 
     Each triangle gets its mosaic color and ``opacity``; its edges are pushed outwards by
     ``grow_px`` pixels (at most half its inradius) so that neighbours overlap a little and the soft
@@ -150,7 +123,7 @@ def delaunay_start(
 
     ``target`` is ``(3, H, W)`` in [0, 1]. Returns float32 values (see the module docstring).
     """
-    from tritri.mosaic import delaunay_mosaic
+    from tritri.fitting.mosaic import delaunay_mosaic
 
     img = _image(target)
     _, H, W = img.shape
@@ -211,9 +184,9 @@ def greedy_start(
 
     ``target`` is ``(3, H, W)`` in [0, 1]. Returns float32 values (see the module docstring).
     """
+    from tritri.cpu import numba_available
     from tritri.fitting.cpu_fit import render_cpu
     from tritri.fitting.schedule import greedy_search, relocation_placement
-    from tritri.numba_raster import numba_available
 
     if n_triangles < 1:
         raise ValueError(f"n_triangles must be >= 1, got {n_triangles}")

@@ -18,12 +18,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from tritri.tuning import launch_config, register_default
+from tritri.configs.defaults import LOG_SUM_KERNEL, LOG_SUM_PROBLEM_KEYS
+from tritri.configs.lookup import launch_config
 
-__all__ = ["LOG_SUM_KERNEL", "LOG_SUM_PROBLEM_KEYS", "default_log_sum_config", "log_sum_forward"]
-
-LOG_SUM_KERNEL = "log_sum"
-LOG_SUM_PROBLEM_KEYS = ("batch", "n_losses")
+__all__ = ["LOG_SUM_KERNEL", "LOG_SUM_PROBLEM_KEYS", "log_sum_forward"]
 
 
 @triton.jit
@@ -53,20 +51,6 @@ def log_sum_kernel(
     tl.store(reg_part_ptr + pid * K + cols, tl.sum(reg, axis=0), mask=cmask)
 
 
-def default_log_sum_config(problem: dict) -> dict:
-    """Heuristic config of kernel ``log_sum``; problem keys ``batch`` (B), ``n_losses`` (K).
-    Config keys: ``BLOCK_B`` (rows per program), ``num_warps``.
-
-    At most 2048 elements per program, 16 per thread with 4 warps: 4096 (32 per thread) took 255
-    registers and spilled on sm_100 / sm_120 (``tritri check``).
-    """
-    b = int(problem["batch"])
-    k = int(problem["n_losses"])
-    block_k = triton.next_power_of_2(max(k, 1))
-    block_b = max(1, min(triton.next_power_of_2(max(b, 1)), max(1, 2048 // block_k)))
-    return {"BLOCK_B": block_b, "num_warps": 4 if block_b * block_k >= 1024 else 1}
-
-
 def log_sum_forward(
     losses: Tensor,
     eps: Tensor,
@@ -80,7 +64,8 @@ def log_sum_forward(
     ``losses`` is ``(B, K)``; ``eps`` is ``(B,)``. ``log_sums``/``reg_sums`` are summed over the
     batch (divide by B for the batch mean); ``grad`` is the derivative of the batch-mean total
     ``(Σ log_sums + Σ reg_sums) / B`` with respect to ``losses``. Kernel name ``log_sum``, problem
-    keys :data:`LOG_SUM_PROBLEM_KEYS`; ``config`` defaults to :func:`default_log_sum_config`.
+    keys :data:`LOG_SUM_PROBLEM_KEYS`; ``config`` defaults to
+    :func:`tritri.configs.defaults.log_sum_default`.
     """
     if losses.dim() != 2 or losses.numel() == 0:
         raise ValueError(f"losses must be a non-empty (B, K) tensor, got {tuple(losses.shape)}")
@@ -104,6 +89,3 @@ def log_sum_forward(
         BLOCK_B=block_b, BLOCK_K=block_k, num_warps=cfg.get("num_warps", 1),
     )  # fmt: skip
     return log_part.sum(0), reg_part.sum(0), grad
-
-
-register_default(LOG_SUM_KERNEL, default_log_sum_config)

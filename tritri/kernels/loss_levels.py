@@ -34,23 +34,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from tritri.tuning import launch_config, register_default
+from tritri.configs.defaults import LEVEL_KERNELS, LEVEL_PROBLEM_KEYS
+from tritri.configs.lookup import launch_config
 
 __all__ = [
     "LEVEL_KERNELS",
     "LEVEL_PROBLEM_KEYS",
-    "default_level_config",
     "level_losses_backward",
     "level_losses_forward",
 ]
-
-LEVEL_KERNELS = ("loss_level_forward", "loss_level_backward")
-LEVEL_PROBLEM_KEYS = ("batch", "channels", "pixels")
-
-# Largest channel count handled as one register tile (every VGG16 level has C <= 512).
-_MAX_SINGLE_TILE_C = 512
-# Target elements per (C, BLOCK_P) tile of one operand.
-_TILE_ELEMS = 8192
 
 
 @triton.jit
@@ -221,24 +213,6 @@ def loss_level_bwd_kernel(
 # launchers
 
 
-def default_level_config(problem: dict) -> dict:
-    """Heuristic config of ``loss_level_forward`` / ``loss_level_backward``.
-
-    Problem keys: ``batch``, ``channels`` (C), ``pixels`` (H*W). Config keys: ``BLOCK_C`` (channels
-    per tile; ``>= C`` means one register tile, each element loaded once), ``BLOCK_P`` (pixels per
-    program), ``num_warps``. About 8192 elements per operand tile, at least 16 pixels (64-byte rows
-    in NCHW), at most 256.
-    """
-    c = int(problem["channels"])
-    p = int(problem["pixels"])
-    block_c = triton.next_power_of_2(c) if c <= _MAX_SINGLE_TILE_C else 64
-    block_p = max(16, min(256, _TILE_ELEMS // block_c))
-    block_p = max(16, min(block_p, triton.next_power_of_2(p)))
-    tile = block_c * block_p
-    num_warps = 8 if tile >= 8192 else (4 if tile >= 2048 else 2)
-    return {"BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps}
-
-
 def _spatial_strides(x: Tensor, name: str) -> tuple[Tensor, int, int, int]:
     """(tensor, stride_n, stride_c, stride_p) with H and W flattened into one pixel axis p."""
     if x.dim() != 4:
@@ -302,7 +276,8 @@ def level_losses_forward(
     ``pred_features`` is ``(B, C, H, W)``; ``target_features`` is ``(B, C, H, W)`` or ``(1, C, H,
     W)`` (broadcast); ``lin_weights`` is ``(C,)``. Divide by ``C*H*W`` (perceptual) or ``H*W``
     (LPIPS) for means. Kernel name ``loss_level_forward``, problem keys
-    :data:`LEVEL_PROBLEM_KEYS`; ``config`` defaults to :func:`default_level_config`.
+    :data:`LEVEL_PROBLEM_KEYS`; ``config`` defaults to
+    :func:`tritri.configs.defaults.level_default`.
     """
     B, C, P, cfg, (f, f_sn, f_sc, f_sp), (t, t_sn, t_sc, t_sp) = _launch_setup(
         "loss_level_forward", pred_features, target_features, lin_weights, do_lpips, config
@@ -360,7 +335,3 @@ def level_losses_backward(
         num_warps=cfg.get("num_warps", 4),
     )  # fmt: skip
     return df
-
-
-for _kernel in LEVEL_KERNELS:
-    register_default(_kernel, default_level_config)

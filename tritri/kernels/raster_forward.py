@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from tritri.kernel_cost import target_arch
+from tritri.kernels.arch import target_arch
 from tritri.kernels.raster_common import (
     REC_OPACITY,
     all_stopped,

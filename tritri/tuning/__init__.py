@@ -1,19 +1,19 @@
-"""Per-GPU kernel configs (SPEC section 4).
+"""The tools that make and check the per-GPU kernel configs, and the config API users call.
 
-- :func:`get_config` -- the launch config of a kernel for a problem on this GPU model (lookup order,
-  bucketing and fallbacks: :mod:`tritri.tuning.lookup`);
-- :func:`register_default` -- a kernel's heuristic default (the renderer's are in
-  :mod:`tritri.tuning.defaults`);
-- :func:`register_tunable` / :func:`choose_config` -- the tuner behind ``tritri tune``
-  (:mod:`tritri.tuning.tuner`, :mod:`tritri.tuning.tune`).
+- ``tritri tune`` (:mod:`tritri.tuning.tune`, :mod:`tritri.tuning.tuner`): benchmarks each tunable
+  kernel's candidates (:mod:`tritri.tuning.candidates`) on this GPU and writes its config file;
+  :func:`register_tunable` / :func:`choose_config` / :func:`write_config_file`;
+- ``tritri check`` (:mod:`tritri.tuning.check`, :mod:`tritri.tuning.kernel_cost`): every kernel
+  compiled for real NVIDIA targets without a GPU, and what it costs;
+- the lookup the launchers use, re-exported from :mod:`tritri.configs`: :func:`get_config`,
+  :func:`launch_config`, :func:`register_default`, ...
 
-Nothing here touches the GPU at import; the device name is queried on the first lookup.
+Launches never import this package (only :mod:`tritri.configs`); it imports no GPU at import.
 """
 
 from __future__ import annotations
 
-from tritri.tuning import defaults as defaults
-from tritri.tuning.lookup import (
+from tritri.configs import (
     ENV_CONFIG_DIR,
     SCHEMA_VERSION,
     ConfigFileError,
@@ -21,6 +21,8 @@ from tritri.tuning.lookup import (
     clear_cache,
     current_device_name,
     default_config,
+    defaults,
+    device_slug,
     find_config,
     get_config,
     launch_config,
@@ -28,7 +30,6 @@ from tritri.tuning.lookup import (
     register_default,
     registered_kernels,
 )
-from tritri.tuning.slug import device_slug
 from tritri.tuning.tuner import (
     Choice,
     NoViableConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "clear_cache",
     "current_device_name",
     "default_config",
+    "defaults",
     "device_slug",
     "find_config",
     "get_config",

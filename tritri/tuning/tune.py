@@ -4,10 +4,11 @@ Usage::
 
     tritri tune [--out DIR] [--kernels NAME[,NAME...]] [--quick]
 
-Imports every launcher module under ``tritri.kernels`` (they register their tunables with
-:func:`tritri.tuning.register_tunable`), tunes each selected kernel over its problem grid (see
-:mod:`tritri.tuning.tuner`) and writes ``DIR/<gpu-slug>.json`` atomically. Kernels not tuned in
-this run are kept from an existing file of the same GPU and triton / torch versions.
+Imports the modules of :data:`TUNABLE_MODULES` (they register their kernels' tunables with
+:func:`tritri.tuning.register_tunable`: candidate configs, problems, runners), tunes each selected
+kernel over its problem grid (see :mod:`tritri.tuning.tuner`) and writes ``DIR/<gpu-slug>.json``
+atomically. Kernels not tuned in this run are kept from an existing file of the same GPU and
+triton / torch versions.
 
 Exit codes: 0 written; 1 no CUDA GPU (or the Triton interpreter is on), nothing tunable, nothing
 measured, or the file cannot be written; 2 unknown kernel name.
@@ -18,17 +19,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pkgutil
 import sys
 from pathlib import Path
 
-from tritri.tuning import lookup, tuner
-from tritri.tuning.slug import device_slug
+from tritri.configs import lookup
+from tritri.configs.slug import device_slug
+from tritri.tuning import tuner
 
-LAUNCHER_PACKAGES = ("tritri.kernels",)
-"""Packages whose modules are imported so their launchers register tunables."""
-TUNABLE_MODULES = ("tritri.tuning.raster",)
-"""Modules that register tunables of kernels whose launchers do not (the rasterizer's)."""
+TUNABLE_MODULES = ("tritri.tuning.candidates",)
+"""The modules that register tunables: the one place ``tritri tune`` finds them."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,26 +72,14 @@ def _gpu_problem() -> str | None:
     return None
 
 
-def import_launchers(packages: tuple[str, ...] = LAUNCHER_PACKAGES) -> list[str]:
-    """Import every module of ``packages`` and :data:`TUNABLE_MODULES` (registering tunables);
-    return failures as text."""
+def import_tunables(modules: tuple[str, ...] = TUNABLE_MODULES) -> list[str]:
+    """Import ``modules`` (registering their tunables); return failures as text."""
     failures: list[str] = []
-    for name in TUNABLE_MODULES:
+    for name in modules:
         try:
             importlib.import_module(name)
         except Exception as err:  # noqa: BLE001 - one broken module must not stop tuning
             failures.append(f"{name}: {type(err).__name__}: {err}")
-    for package_name in packages:
-        try:
-            package = importlib.import_module(package_name)
-        except ImportError as err:
-            failures.append(f"{package_name}: {err}")
-            continue
-        for info in pkgutil.iter_modules(getattr(package, "__path__", []), package_name + "."):
-            try:
-                importlib.import_module(info.name)
-            except Exception as err:  # noqa: BLE001 - one broken launcher must not stop tuning
-                failures.append(f"{info.name}: {type(err).__name__}: {err}")
     return failures
 
 
@@ -119,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     import torch
 
-    for failure in import_launchers():
-        _err(f"warning: could not import launcher {failure}")
+    for failure in import_tunables():
+        _err(f"warning: could not import tunables {failure}")
     selected, unknown = _selected(args.kernels)
     if unknown:
         known = ", ".join(tuner.tunables()) or "(none)"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritri.tuning.lookup import (
+from tritri.configs.lookup import (
     SCHEMA_VERSION,
     ConfigFileError,
     default_config,
@@ -38,7 +38,7 @@ from tritri.tuning.lookup import (
     registered_kernels,
     validate_document,
 )
-from tritri.tuning.slug import device_slug
+from tritri.configs.slug import device_slug
 
 Config = dict[str, Any]
 Problem = dict[str, Any]

@@ -1,8 +1,9 @@
-"""Public rendering API: :func:`render` and :class:`TriangleRenderer` (SPEC section 2).
+"""Public rendering API: :func:`render` and :class:`TriangleRenderer` (``docs/SPEC.md`` section 2).
 
-Validation, backend choice and the glue around the rasterizers; the math is in tritri.geometry
-(per-triangle setup, differentiable), tritri.ops (Triton, as torch.library ops) and
-tritri.torch_backend (tiled PyTorch).
+Validation, backend choice and the glue around the rasterizers. The per-triangle setup is
+:func:`tritri.geometry.prepare_triangles` (differentiable, shared by every backend); the backends
+rasterize its planes: :mod:`tritri.kernels.raster` (Triton, as ``torch.library`` ops) and
+:mod:`tritri.cpu` (compiled numba, tiled PyTorch).
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from torch import Tensor, nn
 from tritri.geometry import prepare_triangles
 
 _BACKENDS = ("auto", "triton", "numba", "torch")
-
-#: Tests and experiments: keys laid over every raster config (None: no override).
-RASTER_CONFIG_OVERRIDE: dict[str, Any] | None = None
 
 
 def _shape(t: Any) -> str:
@@ -98,14 +96,6 @@ def _validate(verts, colors, opacity, height, width, sigma, background, backend)
     return batched, per_vertex
 
 
-def _interpreter_active() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from tritri.kernels.raster_forward import raster_forward_kernel
-
-    return isinstance(raster_forward_kernel, InterpretedFunction)
-
-
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "torch":
         return "torch"
@@ -115,7 +105,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                 f"backend='numba' runs on the CPU; the tensors are on {device} (use "
                 "backend='triton' or 'auto' for CUDA tensors)"
             )
-        from tritri.numba_backend import numba_available
+        from tritri.cpu import numba_available
 
         if not numba_available():
             raise RuntimeError("backend='numba' needs the numba package: pip install numba")
@@ -131,37 +121,18 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if os.environ.get("TRITON_INTERPRET") == "1":
             return "triton"
-        from tritri.numba_backend import numba_available
+        from tritri.cpu import numba_available
 
         return "numba" if device.type == "cpu" and numba_available() else "torch"
-    if device.type != "cpu" or not _interpreter_active():
+    from tritri.kernels import raster
+
+    if device.type != "cpu" or not raster.interpreter_active():
         raise RuntimeError(
             f"backend='triton' on a {device.type} tensor needs the Triton interpreter: set "
             "TRITON_INTERPRET=1 in the environment before importing tritri (or use "
             "backend='torch', or CUDA tensors)"
         )
     return "triton"
-
-
-def raster_config(
-    batch: int, n_triangles: int, height: int, width: int, device: torch.device
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Forward and backward launch configs for a problem.
-
-    From :func:`tritri.tuning.launch_config`: on CUDA the tuned file for this GPU (else the
-    heuristic default); on the CPU and inside ``torch.compile`` traces the heuristic default.
-    Tile size and binning come from the forward config for both passes (the backward replays the
-    forward's walk); the backward config contributes its ``chunk`` and ``num_warps``.
-    """
-    from tritri.tuning import launch_config
-
-    problem = {"batch": batch, "n_triangles": n_triangles, "height": height, "width": width}
-    forward = launch_config("raster_forward", problem, device)
-    backward = launch_config("raster_backward", problem, device)
-    if RASTER_CONFIG_OVERRIDE:
-        forward = {**forward, **RASTER_CONFIG_OVERRIDE}
-        backward = {**backward, **RASTER_CONFIG_OVERRIDE}
-    return forward, {**forward, "chunk": backward["chunk"], "num_warps": backward["num_warps"]}
 
 
 def render(
@@ -233,21 +204,15 @@ def render(
                                  sigma)  # fmt: skip
         resolved = _resolve_backend(backend, device)
         if resolved == "triton":
-            from tritri.ops import rasterize
+            from tritri.kernels.raster import rasterize_triton
 
-            fwd, bwd = raster_config(B, N, height, width, device)
-            color, T = rasterize(
-                prep.edges, prep.edges.new_empty(0) if prep.bary is None else prep.bary,
-                prep.colors, prep.opacity, prep.cull, height, width, int(fwd["tile"]),
-                int(fwd["chunk"]), int(fwd["num_warps"]), int(bwd["chunk"]), int(bwd["num_warps"]),
-                str(fwd["binning"]), int(fwd["pairs_per_triangle"]), bool(deterministic),
-            )  # fmt: skip
+            color, T = rasterize_triton(prep, height, width, bool(deterministic))
         elif resolved == "numba":
-            from tritri.numba_backend import rasterize_numba
+            from tritri.cpu import rasterize_numba
 
             color, T = rasterize_numba(prep, height, width)
         else:
-            from tritri.torch_backend import rasterize_torch
+            from tritri.cpu import rasterize_torch
 
             color, T = rasterize_torch(prep, height, width)
         image = color + T[:, None] * bg[:, :, None, None]

@@ -6,11 +6,11 @@ Usage::
     tritri check [--arch 80,90] [--all-configs] [--json PATH] [--jobs N]
 
 Each *variant* below runs a launcher of ``tritri.kernels`` on tiny CPU tensors inside
-:func:`tritri.kernel_cost.capture_launches`, so what is compiled is exactly what the launcher
+:func:`tritri.tuning.kernel_cost.capture_launches`, so what is compiled is exactly what the launcher
 would launch (argument types, constexprs, ``num_warps``); the launch is then compiled for each
 ``sm_<arch>`` through Triton's normal path (cubins land in Triton's cache) and read with the
 ``cuobjdump`` of the triton wheel. Raster kernels are compiled at their default config and, with
-``--all-configs``, at every ``tritri tune`` candidate (:mod:`tritri.tuning.raster`); the loss
+``--all-configs``, at every ``tritri tune`` candidate (:mod:`tritri.tuning.candidates`); the loss
 kernels at the default config of each problem shape shown.
 
 Columns: registers per thread; spill bytes per thread (stack + local); shared memory per block
@@ -106,8 +106,8 @@ def _raster_launch(direction: str, per_vertex: bool, channels: int, binning: str
 
 def _raster_configs(all_configs: bool) -> list[tuple[str, dict[str, int], bool]]:
     """(direction, config, is default) of every raster launch config to check."""
-    from tritri.tuning.defaults import raster_backward_default, raster_default
-    from tritri.tuning.raster import BACKWARD_CANDIDATES, FORWARD_CANDIDATES
+    from tritri.configs.defaults import raster_backward_default, raster_default
+    from tritri.tuning.candidates import BACKWARD_CANDIDATES, FORWARD_CANDIDATES
 
     def launch_keys(cfg: dict[str, Any]) -> dict[str, int]:
         return {k: int(cfg[k]) for k in ("tile", "chunk", "num_warps")}
@@ -199,11 +199,11 @@ def _level_launch(direction: str, channels: int, pixels: int, perc: bool, lpips:
 
 
 def _loss_variants() -> Iterator[Variant]:
-    from tritri.kernels.log_sum import default_log_sum_config, log_sum_forward
-    from tritri.kernels.loss_levels import default_level_config
+    from tritri.configs.defaults import level_default, log_sum_default
+    from tritri.kernels.log_sum import log_sum_forward
 
     for channels, pixels in _LEVEL_SHAPES:
-        config = default_level_config({"batch": 2, "channels": channels, "pixels": pixels})
+        config = level_default({"batch": 2, "channels": channels, "pixels": pixels})
         # every mode at the first shape; the combined modes at the others
         modes = (
             _LEVEL_MODES
@@ -232,7 +232,7 @@ def _loss_variants() -> Iterator[Variant]:
         yield Variant(
             family="log_sum",
             launch_names=(f"B={batch} K=3",),
-            config=default_log_sum_config({"batch": batch, "n_losses": 3}),
+            config=log_sum_default({"batch": batch, "n_losses": 3}),
             default=True,
             launch=log_sum_launch(batch),
         )
@@ -253,7 +253,12 @@ def _rows(variant: Variant, arch: int) -> list[dict[str, Any]]:
     A variant whose launcher makes several launches (sorted binning: the list walk, then the scan
     of overflowed images) gives one row per launch, named by ``Variant.launch_names``.
     """
-    from tritri.kernel_cost import capture_launches, compile_launch, cubin_cost, occupancy_warps
+    from tritri.tuning.kernel_cost import (
+        capture_launches,
+        compile_launch,
+        cubin_cost,
+        occupancy_warps,
+    )
 
     def row_for(name: str) -> dict[str, Any]:
         return {"arch": arch, "kernel": variant.family, "variant": name,

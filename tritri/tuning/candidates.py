@@ -1,4 +1,5 @@
-"""What ``tritri tune`` measures for the rasterizer: candidate configs, problem grid, runners.
+"""What ``tritri tune`` measures: each tunable kernel's candidate configs, problem grid and runners
+(today the rasterizer's; the one module :data:`tritri.tuning.tune.TUNABLE_MODULES` names).
 
 ``raster_forward`` tunes tile size, chunk size, warps and binning (the backward replays the
 forward's tiles and chunks, so those are chosen here); ``raster_backward`` tunes its launch's warps
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from tritri.tuning import register_tunable
-from tritri.tuning.defaults import raster_backward_default, raster_default
+from tritri.configs.defaults import raster_backward_default, raster_default
+from tritri.tuning.tuner import register_tunable
 
 PROBLEMS = [
     {"batch": 8, "n_triangles": 256, "height": 256, "width": 256},
@@ -64,8 +65,8 @@ def _scene(problem: Mapping[str, Any]):
 
 
 def _launch_args(prep, problem, forward: Mapping[str, Any], backward: Mapping[str, Any]):
-    """Arguments of tritri.ops.rasterize (its backward takes the same, less the forward's chunk
-    and warps: see backward_runner)."""
+    """Arguments of tritri.kernels.ops.rasterize (its backward takes the same, less the forward's
+    chunk and warps: see backward_runner)."""
     return (
         prep.edges, prep.edges.new_empty(0), prep.colors, prep.opacity, prep.cull,
         problem["height"], problem["width"], int(forward["tile"]), int(forward["chunk"]),
@@ -75,7 +76,7 @@ def _launch_args(prep, problem, forward: Mapping[str, Any], backward: Mapping[st
 
 
 def forward_runner(problem: Mapping[str, Any], config: Mapping[str, Any]) -> Callable[[], Any]:
-    from tritri.ops import rasterize
+    from tritri.kernels.ops import rasterize
 
     prep = _scene(problem)
     forward = {**raster_default(problem), **config}
@@ -84,7 +85,7 @@ def forward_runner(problem: Mapping[str, Any], config: Mapping[str, Any]) -> Cal
 
 
 def backward_runner(problem: Mapping[str, Any], config: Mapping[str, Any]) -> Callable[[], Any]:
-    from tritri.ops import rasterize, rasterize_backward
+    from tritri.kernels.ops import rasterize, rasterize_backward
 
     prep = _scene(problem)
     backward = {**raster_backward_default(problem), **config}

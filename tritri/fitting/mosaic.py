@@ -6,7 +6,7 @@ border (the 4 corners among them) and ``m`` inside, a Delaunay triangulation has
 ``k + 2m - 2`` triangles, so the point counts are chosen to give the requested number.
 
 The mosaic is also ``tritri fit --init delaunay``'s starting point. The triangulation and the
-pixel ownership are numba (:mod:`tritri.numba_delaunay`, loaded on first use); everything else is
+pixel ownership are numba (:mod:`tritri.fitting.delaunay`, loaded on first use); everything else is
 numpy.
 """
 
@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from tritri.fitting.numeric import psnr
 
 __all__ = ["Mosaic", "delaunay_mosaic", "edge_weights", "mosaic_point_counts", "sample_points"]
 
@@ -164,7 +166,7 @@ def delaunay_mosaic(image: np.ndarray, n_triangles: int, seed: int = 0) -> Mosai
     """
     img = _as_float_image(image)
     H, W = img.shape[:2]
-    from tritri.numba_delaunay import delaunay, pixel_owner
+    from tritri.fitting.delaunay import delaunay, pixel_owner
 
     points = sample_points(img, n_triangles, seed)
     simplices = delaunay(points)
@@ -191,12 +193,4 @@ def delaunay_mosaic(image: np.ndarray, n_triangles: int, seed: int = 0) -> Mosai
         cy = np.clip(c[:, 1].astype(int), 0, H - 1)
         colors[~has] = img[cy, cx]
     mosaic = colors[owner].reshape(H, W, 3)
-    return Mosaic(
-        verts=verts, colors=colors, image=mosaic, points=points, psnr=psnr_np(mosaic, img)
-    )
-
-
-def psnr_np(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1] (inf when equal)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    return Mosaic(verts=verts, colors=colors, image=mosaic, points=points, psnr=psnr(mosaic, img))

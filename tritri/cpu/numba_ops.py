@@ -4,7 +4,7 @@ Same semantics as SPEC 2.1 and the other backends: the per-triangle setup (edge 
 planes, culling data) comes from :func:`tritri.geometry.prepare_triangles`, so vertex gradients
 flow through torch autograd exactly as for the Triton and torch backends; this module rasterizes
 those planes, forward and backward, as one :class:`torch.autograd.Function` over the numpy-level
-rasterizer of :mod:`tritri.numba_raster` (binning, walk, threads: read its docstring).
+rasterizer of :mod:`tritri.cpu.numba_raster` (binning, walk, threads: read its docstring).
 
 numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), on the first
 call only: ``import tritri`` does neither.
@@ -16,25 +16,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tritri.geometry import PreparedTriangles
-from tritri.numba_raster import (
+from tritri.cpu.numba_raster import (
     DEFAULT_TILE,
-    get_num_threads,
     numba_available,
     raster_backward,
     raster_forward,
     removal_stats,
-    set_num_threads,
 )
+from tritri.geometry import PreparedTriangles
 
-__all__ = [
-    "DEFAULT_TILE",
-    "get_num_threads",
-    "numba_available",
-    "rasterize_numba",
-    "set_num_threads",
-    "triangle_stats",
-]
+__all__ = ["rasterize_numba", "triangle_stats"]
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -105,8 +96,8 @@ def triangle_stats(
     tile: int = DEFAULT_TILE,
 ) -> tuple[Tensor, Tensor]:
     """What each triangle is worth to an image fit (flat colors, CPU): ``(cost, weight)``, (B, N),
-    as :func:`tritri.numba_raster.removal_stats` defines them; ``background`` is (B, C), ``target``
-    (B, C, H, W)."""
+    as :func:`tritri.cpu.numba_raster.removal_stats` defines them; ``background`` is (B, C),
+    ``target`` (B, C, H, W)."""
     if prep.bary is not None:
         raise ValueError("triangle_stats supports flat colors only")
     B, C = prep.edges.shape[0], prep.colors.shape[-1]

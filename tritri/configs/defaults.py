@@ -1,4 +1,11 @@
-"""Heuristic default configs of the renderer's kernels (used when no tuned file entry fits).
+"""Every kernel's heuristic default config (used when no tuned file entry fits), registered here
+and nowhere else: the rasterizer's (``raster_forward``, ``raster_backward``) and the losses'
+(``loss_level_forward``, ``loss_level_backward``, ``log_sum``). Importing :mod:`tritri.tuning`
+registers them all, so :func:`tritri.tuning.get_config` knows every kernel without importing a
+kernel module (or triton).
+
+Raster kernels
+--------------
 
 Kernels ``raster_forward`` and ``raster_backward`` take the problem keys ``{batch, n_triangles,
 height, width}`` (counts and pixels). Their config keys, read by the raster launchers:
@@ -37,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tritri.tuning.lookup import register_default
+from tritri.configs.lookup import register_default
 
 RASTER_KERNELS = ("raster_forward", "raster_backward")
 RASTER_PROBLEM_KEYS = ("batch", "n_triangles", "height", "width")
@@ -66,5 +73,59 @@ def raster_backward_default(problem: Mapping[str, Any]) -> dict[str, Any]:
     return {**raster_default(problem), "chunk": BACKWARD_CHUNK, "num_warps": BACKWARD_NUM_WARPS}
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------
+# loss kernels (tritri.kernels.loss_levels, tritri.kernels.log_sum)
+
+LEVEL_KERNELS = ("loss_level_forward", "loss_level_backward")
+LEVEL_PROBLEM_KEYS = ("batch", "channels", "pixels")
+#: Largest channel count handled as one register tile (every VGG16 level has C <= 512).
+LEVEL_MAX_SINGLE_TILE_C = 512
+#: Target elements per (C, BLOCK_P) tile of one operand.
+LEVEL_TILE_ELEMS = 8192
+
+
+def level_default(problem: Mapping[str, Any]) -> dict[str, Any]:
+    """Default config of ``loss_level_forward`` / ``loss_level_backward``.
+
+    Problem keys: ``batch``, ``channels`` (C), ``pixels`` (H*W). Config keys: ``BLOCK_C`` (channels
+    per tile; ``>= C`` means one register tile, each element loaded once), ``BLOCK_P`` (pixels per
+    program), ``num_warps``. About 8192 elements per operand tile, at least 16 pixels (64-byte rows
+    in NCHW), at most 256.
+    """
+    c = int(problem["channels"])
+    p = int(problem["pixels"])
+    block_c = _next_pow2(c) if c <= LEVEL_MAX_SINGLE_TILE_C else 64
+    block_p = max(16, min(256, LEVEL_TILE_ELEMS // block_c))
+    block_p = max(16, min(block_p, _next_pow2(p)))
+    tile = block_c * block_p
+    num_warps = 8 if tile >= 8192 else (4 if tile >= 2048 else 2)
+    return {"BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps}
+
+
+LOG_SUM_KERNEL = "log_sum"
+LOG_SUM_PROBLEM_KEYS = ("batch", "n_losses")
+
+
+def log_sum_default(problem: Mapping[str, Any]) -> dict[str, Any]:
+    """Default config of ``log_sum``; problem keys ``batch`` (B), ``n_losses`` (K). Config keys:
+    ``BLOCK_B`` (rows per program), ``num_warps``.
+
+    At most 2048 elements per program, 16 per thread with 4 warps: 4096 (32 per thread) took 255
+    registers and spilled on sm_100 / sm_120 (``tritri check``).
+    """
+    b = int(problem["batch"])
+    k = int(problem["n_losses"])
+    block_k = _next_pow2(max(k, 1))
+    block_b = max(1, min(_next_pow2(max(b, 1)), max(1, 2048 // block_k)))
+    return {"BLOCK_B": block_b, "num_warps": 4 if block_b * block_k >= 1024 else 1}
+
+
 register_default("raster_forward", raster_default)
 register_default("raster_backward", raster_backward_default)
+for _kernel in LEVEL_KERNELS:
+    register_default(_kernel, level_default)
+register_default(LOG_SUM_KERNEL, log_sum_default)

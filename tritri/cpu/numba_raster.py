@@ -1,9 +1,9 @@
 """The compiled CPU rasterizer on numpy arrays: tile lists, threads, forward, backward (no torch).
 
-:mod:`tritri.numba_backend` wraps these for torch autograd (``backend="numba"``); the torch-free
+:mod:`tritri.cpu.numba_ops` wraps these for torch autograd (``backend="numba"``); the torch-free
 CPU fit (:mod:`tritri.fitting.cpu_fit`) calls them directly. The kernels are in
-:mod:`tritri.numba_kernels` (read its docstring for the array layouts); the per-triangle setup
-is :func:`tritri.geometry.prepare_triangles` (torch) or :mod:`tritri.numba_geometry`.
+:mod:`tritri.cpu.numba_kernels` (read its docstring for the array layouts); the per-triangle setup
+is :func:`tritri.geometry.prepare_triangles` (torch) or :mod:`tritri.fitting.cpu_geometry`.
 
 - Binning: every (image, tile) gets the list of triangles that may touch it, in draw order (the
   conservative box + separating-axis test of :func:`tritri.binning.overlaps`), built in two
@@ -51,6 +51,7 @@ __all__ = [
     "raster_backward",
     "raster_forward",
     "removal_stats",
+    "run_parallel",
     "set_num_threads",
 ]
 
@@ -78,7 +79,7 @@ def numba_available() -> bool:
 
 
 def _kernels() -> Any:
-    from tritri import numba_kernels
+    from tritri.cpu import numba_kernels
 
     return numba_kernels
 
@@ -123,12 +124,12 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _serial(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
-    """Run ``kernel(*args, 0, n_items, 1)`` on this thread (:func:`_parallel`'s signature)."""
+    """Run ``kernel(*args, 0, n_items, 1)`` on this thread (:func:`run_parallel`'s signature)."""
     if n_items > 0:
         kernel(*args, 0, n_items, 1)
 
 
-def _parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
+def run_parallel(kernel: Callable[..., None], n_items: int, *args: Any) -> None:
     """Run ``kernel(*args, first, n_items, step)`` over the items [0, n_items) in ``step``
     interleaved chunks (chunk ``i`` = items i, i + step, ...), which this thread and the pool take
     from a shared counter."""
@@ -165,7 +166,7 @@ class TileLists:
         counts = np.empty(B * n_tiles, np.int64)
         # Each tile row tests every triangle: small scenes bin faster on this thread than with a
         # hand-over to the pool (171x256, N = 256-512: 3-4 % of a CPU fit's loop).
-        run = _parallel if rows * edges.shape[1] >= PARALLEL_BINNING_WORK else _serial
+        run = run_parallel if rows * edges.shape[1] >= PARALLEL_BINNING_WORK else _serial
         run(k.bin_count, rows, edges, cull, height, width, tile, counts)
         self.end = np.cumsum(counts)
         self.start = self.end - counts
@@ -182,7 +183,7 @@ def raster_forward(
     """Color (B, C, H, W) without background, transmittance (B, H, W) (float32) and the lists.
 
     ``edges``, ``bary`` (None: flat colors) (B, N, 9), ``colors`` (B, N, V, C), ``opacity``
-    (B, N), ``cull`` (B, N, 5): contiguous float32, as :mod:`tritri.numba_kernels` documents.
+    (B, N), ``cull`` (B, N, 5): contiguous float32, as :mod:`tritri.cpu.numba_kernels` documents.
     """
     k = _kernels()
     B = edges.shape[0]
@@ -190,7 +191,7 @@ def raster_forward(
     lists = TileLists(edges, cull, height, width, tile)
     color = np.empty((B, C, height, width), np.float32)
     T = np.empty((B, height, width), np.float32)
-    _parallel(
+    run_parallel(
         k.raster_forward, B * lists.n_tiles,
         edges, bary if bary is not None else edges, colors, opacity, cull, lists.start, lists.end,
         lists.tri, height, width, tile, bary is not None, color, T,
@@ -210,7 +211,7 @@ def raster_backward(
     V, C = colors.shape[-2:]
     K = 19 + V * C
     part = np.empty((lists.tri.size, K), np.float32)
-    _parallel(
+    run_parallel(
         k.raster_backward, B * lists.n_tiles,
         edges, bary if bary is not None else edges, colors, opacity, cull, lists.start, lists.end,
         lists.tri, lists.height, lists.width, lists.tile, bary is not None, color, T,
@@ -238,7 +239,7 @@ def removal_stats(
         forward = raster_forward(edges, None, colors, opacity, cull, height, width, tile)
     color, T, lists = forward
     part = np.empty((lists.tri.size, 2), np.float32)
-    _parallel(
+    run_parallel(
         k.removal_cost, B * lists.n_tiles,
         edges, colors, opacity, cull, lists.start, lists.end, lists.tri, height, width, tile,
         color, T, background, target, part,

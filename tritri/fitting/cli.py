@@ -333,8 +333,8 @@ def _cpu_fit_applies(args: argparse.Namespace) -> bool:
     CPU, with the numba rasterizer (``--backend numba``, or ``auto`` without TRITON_INTERPRET=1),
     pixel losses only and the default geometric-mean balancer. Anything else (a GPU, other
     losses, balancers or backends, the Triton interpreter) runs the torch loop."""
+    from tritri.cpu import numba_available
     from tritri.fitting.loss_names import PIXEL_LOSSES, parse_losses
-    from tritri.numba_raster import numba_available
 
     if args.backend not in ("auto", "numba") or args.config is not None:
         return False
@@ -419,7 +419,7 @@ def _write_outputs(
     """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status.
     ``target``, ``image``: (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
     from tritri.fitting.export import save_comparison, save_png, save_svg
-    from tritri.fitting.plot import save_loss_plot
+    from tritri.fitting.loss_plot import save_loss_plot
     from tritri.fitting.starts import write_triangles_json
 
     if result.interrupted:
@@ -499,8 +499,9 @@ def _skip_blas_probe() -> None:
 def _run_cpu(args: argparse.Namespace, target) -> int:
     """The fit without torch: numpy, numba (:func:`tritri.fitting.cpu_fit.fit_triangles_cpu`)."""
     _skip_blas_probe()
-    from tritri.fitting.cpu_fit import fit_triangles_cpu, psnr_np, render_cpu
+    from tritri.fitting.cpu_fit import fit_triangles_cpu, render_cpu
     from tritri.fitting.loss_names import cached_vgg_weights_file
+    from tritri.fitting.numeric import psnr
     from tritri.losses.monitor import LossMonitor
 
     names, _, note = _resolve_losses(args, "cpu", cached_vgg_weights_file)
@@ -510,7 +511,7 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
     if note is not None:
         _note(note)
     _, H, W = target.shape
-    start_psnr = psnr_np(render_cpu(start, H, W, args.sigma), target)
+    start_psnr = psnr(render_cpu(start, H, W, args.sigma), target)
     _announce(args, target, n_keep, names, "GeometricMeanLoss", "cpu", what, start_psnr)
     monitor = LossMonitor(out / "metrics.jsonl", warn=False)
     bar, on_warning = _progress(args)
@@ -590,7 +591,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     if device.type == "cpu":
         # torch's small ops on one thread (its OpenMP barriers stall when the machine is busy);
         # the numba rasterizer keeps all of them.
-        from tritri.numba_raster import set_num_threads
+        from tritri.cpu import set_num_threads
 
         set_num_threads(threads)
         torch.set_num_threads(1)
@@ -613,7 +614,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tritri.fit``: the same as ``tritri fit``."""
+    """``python -m tritri.fitting.cli``: the same as ``tritri fit``."""
     parser = argparse.ArgumentParser(prog=_PROG)
     add_arguments(parser)
     return run(parser.parse_args(argv))

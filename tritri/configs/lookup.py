@@ -12,7 +12,7 @@ wins:
    (kernel, GPU model) per process. Without a GPU (CPU / Triton interpreter) there is no slug, files
    3 and 4 are not looked for and the default is used silently.
 
-``<slug>`` is :func:`tritri.tuning.slug.device_slug` of ``device_name``, which defaults to the
+``<slug>`` is :func:`tritri.configs.slug.device_slug` of ``device_name``, which defaults to the
 current CUDA device's name (queried lazily on the first lookup, never at import). Pass
 ``device_name=""`` to mean "no GPU" explicitly (e.g. a launcher running CPU tensors under the
 interpreter on a machine that has a GPU).
@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tritri.tuning.slug import device_slug
+from tritri.configs.slug import device_slug
 
 SCHEMA_VERSION = 1
 """Version of the config-file format this tritri reads and writes (see tritri/configs/README.md)."""
@@ -56,7 +56,7 @@ SCHEMA_VERSION = 1
 ENV_CONFIG_DIR = "TRITRI_CONFIG_DIR"
 """Environment variable naming a directory of user config files (searched before shipped ones)."""
 
-SHIPPED_CONFIG_DIR: Path = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED_CONFIG_DIR: Path = Path(__file__).resolve().parent
 """Directory of the config files shipped as package data (read at lookup time; tests patch it)."""
 
 ProblemValue = int | float | str | bool

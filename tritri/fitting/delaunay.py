@@ -1,6 +1,6 @@
 """Delaunay triangulation of points in the plane and pixel ownership, in numba.
 
-What the Delaunay mosaic (:mod:`tritri.mosaic`, ``tritri fit``'s start) needs, without scipy
+What the Delaunay mosaic (:mod:`tritri.fitting.mosaic`, ``tritri fit``'s start) needs, without scipy
 (whose import alone costs ~0.6 s of a 2-core machine's 2-5 s fit): Bowyer-Watson insertion --
 locate the triangle holding the point by walking across edges, grow the cavity of triangles
 whose circumcircle holds it, fan the cavity's boundary to the point -- inside a large enclosing

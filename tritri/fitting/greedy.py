@@ -255,8 +255,8 @@ def place(
     ``centers``, pixels) by the error change against ``target``, each drawn into a copy of
     ``image`` before the next.
     Returns vertices (k, 3, 2) pixels, colors (k, 3) and opacities (k,). The candidates of one
-    placement are climbed in parallel (:func:`tritri.numba_raster._parallel`)."""
-    from tritri.numba_raster import _parallel
+    placement are climbed in parallel (:func:`tritri.cpu.numba_raster.run_parallel`)."""
+    from tritri.cpu.numba_raster import run_parallel
 
     image = np.array(image, dtype=np.float64)  # a working copy: the caller's stays as it is
     target = np.ascontiguousarray(target, dtype=np.float64)
@@ -271,7 +271,7 @@ def place(
     cand_v = np.empty((candidates, 3, 2))
     for i in range(k):
         block = np.ascontiguousarray(centers[i * candidates : (i + 1) * candidates])
-        _parallel(
+        run_parallel(
             climb, candidates, sums, block, float(size), int(mutations), ALPHAS,
             int(seed) + i * candidates, score, cand_v,
         )  # fmt: skip

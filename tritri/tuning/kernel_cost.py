@@ -24,10 +24,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tritri.kernels.arch import targeting
 
 __all__ = [
     "ARCH_LIMITS",
@@ -37,7 +38,6 @@ __all__ = [
     "compile_launch",
     "cubin_cost",
     "occupancy_warps",
-    "target_arch",
     "tool_path",
 ]
 
@@ -59,34 +59,13 @@ class KernelLaunch:
         return int(self.kwargs.get("num_warps", 4))
 
 
-_TARGET_ARCH: ContextVar[int | None] = ContextVar("tritri_target_arch", default=None)
-
-
-def target_arch(device: Any) -> int | None:
-    """Compute capability (80 for sm_80, ...) a launch on ``device`` targets: the ``arch`` of the
-    enclosing :func:`capture_launches`, else a CUDA device's own, else None (CPU, interpreter).
-
-    Launchers may adapt their policy to it (register caps, warps); no GPU is queried before the
-    first launch on it.
-    """
-    captured = _TARGET_ARCH.get()
-    if captured is not None:
-        return captured
-    if getattr(device, "type", None) == "cuda":
-        import torch
-
-        major, minor = torch.cuda.get_device_capability(device)
-        return 10 * major + minor
-    return None
-
-
 @contextmanager
 def capture_launches(arch: int | None = None) -> Iterator[list[KernelLaunch]]:
     """Record Triton launches instead of running them (yields the list they are appended to).
 
     Launchers run as usual up to the launch: they validate, allocate and pick their config (for
-    ``sm_<arch>``, see :func:`target_arch`); the launch itself returns None. Outputs a launcher
-    reads back after the launch hold garbage.
+    ``sm_<arch>``, see :func:`tritri.kernels.arch.targeting`); the launch itself returns None.
+    Outputs a launcher reads back after the launch hold garbage.
     """
     from triton.runtime.jit import JITFunction
 
@@ -97,12 +76,11 @@ def capture_launches(arch: int | None = None) -> Iterator[list[KernelLaunch]]:
         launches.append(KernelLaunch(self, args, dict(kwargs)))
 
     JITFunction.run = record
-    token = _TARGET_ARCH.set(arch)
     try:
-        yield launches
+        with targeting(arch):
+            yield launches
     finally:
         JITFunction.run = original
-        _TARGET_ARCH.reset(token)
 
 
 def compile_launch(launch: KernelLaunch, arch: int):

@@ -1,4 +1,4 @@
-"""Numba kernels of the compiled CPU rasterizer (imported only by :mod:`tritri.numba_backend`).
+"""Numba kernels of the compiled CPU rasterizer (imported only by :mod:`tritri.cpu.numba_ops`).
 
 Importing this module imports numba; the functions compile on their first call (``cache=True``:
 later processes load the machine code from ``__pycache__``). All arrays are float32 / int64 numpy
