@@ -241,3 +241,15 @@ def test_failures_name_kernel_variant_and_arch():
     assert len(lines) == 2
     assert "k1 [v1] sm_80" in lines[0] and "boom" in lines[0]
     assert "k2 [v2] sm_90" in lines[1] and "8 B" in lines[1]
+
+
+def test_kernels_option_names_the_families():
+    import argparse
+
+    from tritri.tuning import check
+
+    assert {v.family for v in check.variants()} == set(check.FAMILIES)
+    assert check._families("log_sum, raster_forward") == ("log_sum", "raster_forward")
+    for bad in ("nope", "", "log_sum,raster"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--kernels"):
+            check._families(bad)

@@ -1,9 +1,9 @@
 """``tritri check``: compile every Triton kernel for real NVIDIA GPUs, without one, and say what it
-costs (SPEC section 6).
+costs (``docs/SPEC.md`` section 6).
 
 Usage::
 
-    tritri check [--arch 80,90] [--all-configs] [--json PATH] [--jobs N]
+    tritri check [--arch 80,90] [--all-configs] [--kernels NAME,...] [--json PATH] [--jobs N]
 
 Each *variant* below runs a launcher of ``tritri.kernels`` on tiny CPU tensors inside
 :func:`tritri.tuning.kernel_cost.capture_launches`, so what is compiled is exactly what the launcher
@@ -326,11 +326,14 @@ def _work_item(i: int) -> list[dict[str, Any]]:
 
 
 def check_rows(archs: tuple[int, ...] = DEFAULT_ARCHS, all_configs: bool = False,
-               jobs: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Compile every variant for every arch; one result row each (see the module docstring)."""
+               jobs: int | None = None, kernels: tuple[str, ...] | None = None,
+               ) -> list[dict[str, Any]]:  # fmt: skip
+    """Compile every variant (of the ``kernels`` families, default all) for every arch; one result
+    row each (see the module docstring)."""
     _require_compiler()
     global _WORK
-    _WORK = [(v, arch) for arch in archs for v in variants(all_configs)]
+    _WORK = [(v, arch) for arch in archs for v in variants(all_configs)
+             if kernels is None or v.family in kernels]  # fmt: skip
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(_WORK)))
     if jobs == 1:
         return [row for i in range(len(_WORK)) for row in _work_item(i)]
@@ -400,6 +403,21 @@ def _archs(text: str) -> tuple[int, ...]:
     return archs
 
 
+FAMILIES = ("raster_forward", "raster_backward", "loss_level_forward", "loss_level_backward",
+            "log_sum")  # fmt: skip
+"""The kernel families a :class:`Variant` belongs to (``--kernels``)."""
+
+
+def _families(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FAMILIES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--kernels wants some of {', '.join(FAMILIES)}; got {text!r}"
+        )
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``tritri check``'s options on ``parser``."""
     parser.add_argument(
@@ -410,6 +428,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--all-configs", action="store_true",
         help="also compile every tritri tune candidate of the raster kernels",
     )  # fmt: skip
+    parser.add_argument(
+        "--kernels", type=_families, default=None, metavar="NAME,...",
+        help=f"only these kernel families (default: all): {', '.join(FAMILIES)}",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list to PATH")
     parser.add_argument(
         "--jobs", type=int, default=None, help="parallel compiles (default: the CPU count)"
@@ -419,7 +441,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``tritri check``; return the exit code."""
     try:
-        rows = check_rows(tuple(args.arch), bool(args.all_configs), args.jobs)
+        rows = check_rows(tuple(args.arch), bool(args.all_configs), args.jobs,
+                          getattr(args, "kernels", None))  # fmt: skip
     except RuntimeError as err:
         print(f"{_PROG}: {err}", file=sys.stderr)
         return 1
