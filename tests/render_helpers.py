@@ -5,11 +5,12 @@ rounding), so its tolerance has to cover float32 rounding and nothing else. Two 
 float32 result legitimately differ by more than a fixed tolerance, and both are measured on the
 scene in float64 (:func:`float32_allowance`), never guessed from the result:
 
-- a pixel whose value sits (within float32 rounding) on one of SPEC 2.1's thresholds or kinks --
-  alpha at 1/255 or 0.99, the stop rule T·(1 − a) at 1e-4, two edges tied for the minimum, a
-  clamped barycentric at 0 -- may fall on the other side in float32: the image jumps there (1/255,
-  stop rule) or the gradient picks the other one-sided derivative (clamps, min). Such pixels are
-  left out: their image values are not compared and they carry no weight in the backward pass.
+- a pixel whose value sits (within float32 rounding) on one of the thresholds or kinks of
+  ``docs/SPEC.md`` section 2.1 -- alpha at 1/255 or 0.99, the stop rule T·(1 − a) at 1e-4, two
+  edges tied for the minimum, a clamped barycentric at 0 -- may fall on the other side in
+  float32: the image jumps there (1/255, stop rule) or the gradient picks the other one-sided
+  derivative (clamps, min). Such pixels are left out: their image values are not compared and
+  they carry no weight in the backward pass.
 - a sliver (doubled area below :data:`SLIVER_AREA2` px²) has barycentric and edge planes whose
   float32 rounding is amplified by about 1 / area: its vertex gradients and the pixels it
   covers get a tolerance scaled by ``SLIVER_AREA2 / area2``.
@@ -85,7 +86,8 @@ def float32_allowance(verts, colors, opacity, height, width, sigma):
     Returns ``(near, pixel_factor, triangle_factor)``: ``near`` (B, H, W) bool, pixels on a
     threshold or kink (within NEAR_REL / NEAR_PLANE); ``pixel_factor`` (B, H, W) and
     ``triangle_factor`` (B, N), at least 1: tolerance multipliers for pixels a sliver draws on and
-    for a sliver's vertex gradients. Computed in float64 on the CPU, compositing as SPEC 2.1.
+    for a sliver's vertex gradients. Computed in float64 on the CPU, compositing as
+    ``docs/SPEC.md`` section 2.1.
     """
     f64 = torch.float64
     v = verts.detach().cpu().to(f64) * torch.tensor([width, height], dtype=f64)

@@ -1,4 +1,5 @@
-"""Each balancing rule against hand-computed values (SPEC 3.1), plus input validation."""
+"""Each balancing rule against hand-computed values (``docs/SPEC.md`` section 3.1), plus input
+validation."""
 
 from __future__ import annotations
 

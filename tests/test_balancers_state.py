@@ -1,4 +1,5 @@
-"""state_dict() round trips mid-run: a resumed run continues exactly (SPEC 3.1)."""
+"""state_dict() round trips mid-run: a resumed run continues exactly (``docs/SPEC.md``
+section 3.1)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,26 @@ from tritri.reference import render_dense
 BACKENDS = ["torch", "triton"]
 
 
+@pytest.mark.parametrize("backend", ["triton", "numba", "torch"])
+def test_opacity_at_the_skip_threshold_still_draws(backend):
+    """alpha = opacity * coverage; a pair is skipped only *below* 1/255, so a triangle of opacity
+    exactly 1/255 draws where its coverage is exactly 1 (deep inside; the per-triangle culling
+    used to drop it, while the reference drew it)."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    device = backend_device(backend)
+    verts = torch.tensor([[[-10.0, -10.0], [30.0, -10.0], [-10.0, 30.0]]], device=device)
+    colors = torch.tensor([[1.0, 0.0, 0.5]], device=device)
+    opacity = torch.tensor([1 / 255], device=device)
+    kw = {"height": 8, "width": 8, "sigma": 0.5, "background": 0.25}
+    out = tritri.render(verts, colors, opacity, backend=backend, **kw)
+    ref = render_dense(verts.cpu(), colors.cpu(), opacity.cpu(), **kw)
+    a = torch.tensor(1 / 255)
+    expected = (colors.cpu()[0] * a + 0.25 * (1 - a))[:, None, None].expand(3, 8, 8)
+    torch.testing.assert_close(ref, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("poison", ["nan_vertex", "inf_color", "nan_opacity", "zero_area"])
 def test_bad_triangle_is_isolated(backend, poison):
@@ -164,7 +184,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout  # fmt: skip
     assert "ERR" in out and "TRITON_INTERPRET=1" in out
-    assert "AUTO torch.Size([1, 3, 4, 4])" in out  # auto falls back to the torch backend
+    assert "AUTO torch.Size([1, 3, 4, 4])" in out  # auto renders on the CPU (numba, else torch)
 
 
 def test_torch_compile_fullgraph_matches_eager():

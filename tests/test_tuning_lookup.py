@@ -1,4 +1,5 @@
-"""Config lookup (SPEC section 4): order, bucketing, bad files, caching, no GPU query at import."""
+"""Config lookup (``docs/SPEC.md`` section 4): order, bucketing, bad files, caching, no GPU query at
+import."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Every triangle is turned into affine functions of the pixel center p = (x, y) in pixel units:
 
 - three edge functions in units of sigma, ``z_k(p) = A_k x + B_k y + C_k = e_k(p) / sigma``
-  (SPEC 2.1: e_k is the signed distance to edge k, positive inside for either winding), so that
-  coverage is ``sigmoid(min_k z_k)``;
+  (``docs/SPEC.md`` section 2.1: e_k is the signed distance to edge k, positive inside for either
+  winding), so that coverage is ``sigmoid(min_k z_k)``;
 - for per-vertex colors, three barycentric functions ``beta_j(p) = A_j x + B_j y + C_j``.
 
 The rasterizers only evaluate these planes; the gradient with respect to the vertices flows back
@@ -139,7 +139,8 @@ def _cull_data(
     grown = torch.nan_to_num(grown, nan=0.0, posinf=1e30, neginf=-1e30)
     lo = grown.amin(-2) - 0.01 - 1e-6 * grown.abs().amax(-2)
     hi = grown.amax(-2) + 0.01 + 1e-6 * grown.abs().amax(-2)
-    can_draw = valid & (opacity > ALPHA_MIN)
+    # a pair is skipped below ALPHA_MIN, so opacity == ALPHA_MIN still draws where coverage is 1
+    can_draw = valid & (opacity >= ALPHA_MIN)
     inf = torch.full_like(lo, math.inf)
     lo = torch.where(can_draw[..., None], lo, inf)
     hi = torch.where(can_draw[..., None], hi, -inf)

@@ -1,8 +1,9 @@
 """Pure-PyTorch ground truth.
 
-:func:`render_dense` implements SPEC section 2.1 literally: every triangle is evaluated at every
-pixel (an N·H·W computation), composited front to back in a Python loop. It is slow and memory
-hungry on purpose -- it shares no code with the tiled backends, so the tests can hold them to it.
+:func:`render_dense` implements ``docs/SPEC.md`` section 2.1 literally: every triangle is
+evaluated at every pixel (an N·H·W computation), composited front to back in a Python loop. It is
+slow and memory hungry on purpose -- it shares no code with the tiled backends, so the tests can
+hold them to it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def render_dense(
     background: Tensor | float | None = None,
     return_alpha: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Render triangles exactly as SPEC 2.1 states, with no tiling and no culling.
+    """Render triangles exactly as ``docs/SPEC.md`` section 2.1 states, with no tiling or culling.
 
     Shapes follow :func:`tritri.render`: ``verts`` (B, N, 3, 2) or (N, 3, 2) in normalized
     coordinates, ``colors`` (B, N, C) flat or (B, N, 3, C) per-vertex, ``opacity`` (B, N) or None,

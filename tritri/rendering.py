@@ -148,7 +148,7 @@ def render(
     backend: str = "auto",
     deterministic: bool | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Rasterize 2D triangles with soft edges, differentiably (SPEC section 2).
+    """Rasterize 2D triangles with soft edges, differentiably (``docs/SPEC.md`` section 2).
 
     Args:
         verts: (B, N, 3, 2) or (N, 3, 2) vertex positions, normalized: x in [0, 1] left to right,
@@ -228,8 +228,7 @@ class TriangleRenderer(nn.Module):
     """:func:`render` as a module: ``renderer(verts, colors, opacity=None)``.
 
     A tensor ``background`` is kept as a buffer (moves with ``.to()``), or as a parameter if it is
-    an
-    ``nn.Parameter`` (a learnable background).
+    an ``nn.Parameter`` (a learnable background).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The rendering rules' constants (SPEC 2.1), defined once.
+"""The rendering rules' constants (``docs/SPEC.md`` section 2.1), defined once.
 
 Read by the dense reference (:mod:`tritri.reference`), the per-triangle setup
 (:mod:`tritri.geometry`), the tiled torch backend, the compiled CPU backend and the Triton kernels

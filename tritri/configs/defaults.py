@@ -1,6 +1,6 @@
 """Every kernel's heuristic default config (used when no tuned file entry fits), registered here
 and nowhere else: the rasterizer's (``raster_forward``, ``raster_backward``) and the losses'
-(``loss_level_forward``, ``loss_level_backward``, ``log_sum``). Importing :mod:`tritri.tuning`
+(``loss_level_forward``, ``loss_level_backward``, ``log_sum``). Importing :mod:`tritri.configs`
 registers them all, so :func:`tritri.tuning.get_config` knows every kernel without importing a
 kernel module (or triton).
 

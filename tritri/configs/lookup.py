@@ -1,4 +1,4 @@
-"""Per-GPU kernel config lookup (SPEC section 4).
+"""Per-GPU kernel config lookup (``docs/SPEC.md`` section 4).
 
 Launchers ask :func:`get_config` for the launch config of a kernel on a problem. Sources, first hit
 wins:
@@ -313,7 +313,7 @@ def _warn_once(key: tuple[str, ...], message: str) -> None:
 
 
 def _caller_stacklevel() -> int:
-    """Stack level of the first frame outside tritri.tuning (so warnings point at the launcher)."""
+    """Stack level of the first frame outside tritri.configs (so warnings point at the launcher)."""
     import sys
 
     level, frame = 1, sys._getframe(1)

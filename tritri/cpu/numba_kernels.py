@@ -12,7 +12,8 @@ Tiles are ``tile`` x ``tile`` pixels, numbered row-major per image; work item ``
 ``w // n_tiles``, tile ``w % n_tiles``. A tile's list holds its triangles in draw (index) order;
 the walk goes through it backwards (topmost first). For each listed triangle only the pixels of
 each tile row between the triangle's conservative x-span (the grown triangle of the culling data,
-where alpha can reach 1/255) are visited; every visited pixel then applies SPEC 2.1's exact rules.
+where alpha can reach 1/255) are visited; every visited pixel then applies the exact rules of
+``docs/SPEC.md`` section 2.1.
 
 Flat RGB colors with 16-pixel tiles (the default, and every ``tritri fit`` step) take a
 vectorized path: per listed triangle and tile row, all 16 pixels of the row are computed at once,
@@ -244,12 +245,13 @@ def _lane_row(e, c, row0, r, col0, cols):
 
 @njit(**_OPTS, inline="always")
 def _lane(e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, inside, live_pixel, t):
-    """SPEC 2.1's per-pixel rules in masked form, for the vectorized paths: the edge values, the
-    coverage ``wv``, ``ow = opacity * wv``, alpha, the transmittance after the pair (``t``
-    before it) and the masks ``stop`` (the pixel stops here) and ``use`` (the pair composites
-    here). A pixel outside the span (``inside`` False), already stopped (``live_pixel`` False)
-    or below 1/255 has both masks False. Scalars only and inlined by numba (``inline="always"``):
-    a call left in the loop, or arrays passed to it, kept the loop scalar (4-5x slower)."""
+    """The per-pixel rules of ``docs/SPEC.md`` section 2.1 in masked form, for the vectorized
+    paths: the edge values, the coverage ``wv``, ``ow = opacity * wv``, alpha, the transmittance
+    after the pair (``t`` before it) and the masks ``stop`` (the pixel stops here) and ``use``
+    (the pair composites here). A pixel outside the span (``inside`` False), already stopped
+    (``live_pixel`` False) or below 1/255 has both masks False. Scalars only and inlined by numba
+    (``inline="always"``): a call left in the loop, or arrays passed to it, kept the loop scalar
+    (4-5x slower)."""
     z0 = e0 * px + y0 + e2
     z1 = e3 * px + y1 + e5
     z2 = e6 * px + y2 + e8

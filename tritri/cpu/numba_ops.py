@@ -1,10 +1,11 @@
 """Compiled CPU rasterizer (``backend="numba"``): the Triton kernels' tiles, lists and walk.
 
-Same semantics as SPEC 2.1 and the other backends: the per-triangle setup (edge and barycentric
-planes, culling data) comes from :func:`tritri.geometry.prepare_triangles`, so vertex gradients
-flow through torch autograd exactly as for the Triton and torch backends; this module rasterizes
-those planes, forward and backward, as one :class:`torch.autograd.Function` over the numpy-level
-rasterizer of :mod:`tritri.cpu.numba_raster` (binning, walk, threads: read its docstring).
+Same semantics as ``docs/SPEC.md`` section 2.1 and the other backends: the per-triangle setup
+(edge and barycentric planes, culling data) comes from :func:`tritri.geometry.prepare_triangles`,
+so vertex gradients flow through torch autograd exactly as for the Triton and torch backends; this
+module rasterizes those planes, forward and backward, as one :class:`torch.autograd.Function` over
+the numpy-level rasterizer of :mod:`tritri.cpu.numba_raster` (binning, walk, threads: read its
+docstring).
 
 numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), on the first
 call only: ``import tritri`` does neither.

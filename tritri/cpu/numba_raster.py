@@ -9,8 +9,9 @@ is :func:`tritri.geometry.prepare_triangles` (torch) or :mod:`tritri.fitting.cpu
   conservative box + separating-axis test of :func:`tritri.binning.overlaps`), built in two
   passes (count, fill), parallel over tile rows.
 - Forward: parallel over (image, tile); a tile walks its list topmost first and, per triangle,
-  only the pixels of each row inside the triangle's conservative span, applying SPEC 2.1's exact
-  per-pixel rules (1/255 skip, 0.99 clamp, stop before T would fall below 1e-4).
+  only the pixels of each row inside the triangle's conservative span, applying the exact
+  per-pixel rules of ``docs/SPEC.md`` section 2.1 (1/255 skip, 0.99 clamp, stop before T would fall
+  below 1e-4).
 - Backward: replays the same walk front to back with the saved final color (the color still to
   come after a pair is ``final - prefix``; no division to reconstruct T) and writes each
   (tile, triangle) pair's gradient once to its own row; the rows are summed per triangle in list

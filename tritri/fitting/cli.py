@@ -339,7 +339,7 @@ def _cpu_fit_applies(args: argparse.Namespace) -> bool:
     if args.backend not in ("auto", "numba") or args.config is not None:
         return False
     if args.backend == "auto" and os.environ.get("TRITON_INTERPRET") == "1":
-        return False  # "auto" then means Triton's interpreter, as for tritri.render (SPEC)
+        return False  # "auto" then means Triton's interpreter, as for tritri.render (docs/SPEC.md)
     if args.balancer != "geometric_mean":
         return False
     if args.device == "auto" and _cuda_possible() or args.device not in ("auto", "cpu"):

@@ -85,7 +85,7 @@ def prepare_flat(verts, colors, opacity, H, W, sigma, edges, colors_out, opacity
                         g = 0.0
                     g = min(max(g, -1e30), 1e30)
                     lo, hi, big = min(lo, g), max(hi, g), max(big, abs(g))
-                if ok and o > ALPHA_MIN:
+                if ok and o >= ALPHA_MIN:
                     cull[b, n, axis] = lo - 0.01 - 1e-6 * big
                     cull[b, n, 2 + axis] = hi + 0.01 + 1e-6 * big
                 else:

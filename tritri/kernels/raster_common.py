@@ -2,11 +2,11 @@
 
 A program owns one (image, tile) and walks the tile's triangles one at a time, topmost first,
 reading each triangle's packed record (:func:`pack_triangles`) with uniform 128-bit loads and
-applying the SPEC's sequential front-to-back rules exactly, per pixel: a pair with alpha < 1/255
-is skipped, alpha is clamped to 0.99, and a pixel stops before the first triangle that would take
-T below 1e-4. ``CHUNK`` walk items (a block) are visited per trip of the outer walk loop, one per
-trip of the inner (hot) loop; between blocks the program leaves as soon as every pixel has
-stopped.
+applying the sequential front-to-back rules of ``docs/SPEC.md`` section 2.1 exactly, per pixel:
+a pair with alpha < 1/255 is skipped, alpha is clamped to 0.99, and a pixel stops before the first
+triangle that would take T below 1e-4. ``CHUNK`` walk items (a block) are visited per trip of the
+outer walk loop, one per trip of the inner (hot) loop; between blocks the program leaves as soon
+as every pixel has stopped.
 
 Pixel layout: a tile's ``TILE²`` pixels form a ``[PPT, WARPS, 32]`` block (pixels per thread x
 warps x lanes; Triton lays the last axis over lanes and the middle one over warps). Thread
@@ -219,7 +219,7 @@ def sigmoid(z):
 
 @triton.jit
 def composite_step(z0, z1, z2, o, T, thr):
-    """One triangle against the pixels' running state (SPEC 2.1, per pixel).
+    """One triangle against the pixels' running state (``docs/SPEC.md`` section 2.1, per pixel).
 
     ``thr`` is each pixel's skip threshold: 1/255 while it runs, :data:`STOPPED` once it has
     stopped, so one comparison applies both rules. Returns the edge that sets the coverage (the
@@ -257,8 +257,8 @@ def all_stopped(thr):
 
 @triton.jit
 def clamped_barycentrics(v, px, py, dx, STEPPED: tl.constexpr):
-    """Barycentrics clamped at 0, r_j = max(beta_j, 0), and 1 / their sum (SPEC 2.1), from the
-    record values ``v``."""
+    """Barycentrics clamped at 0, r_j = max(beta_j, 0), and 1 / their sum
+    (``docs/SPEC.md`` section 2.1), from the record values ``v``."""
     b0, b1, b2 = planes_at(v, REC_BARY, px, py, dx, STEPPED)
     r0 = tl.maximum(b0, 0.0)
     r1 = tl.maximum(b1, 0.0)

@@ -1,4 +1,4 @@
-"""Image losses and loss balancers (SPEC section 3).
+"""Image losses and loss balancers (``docs/SPEC.md`` section 3).
 
 Names are imported on first use so that ``import tritri.losses`` stays cheap.
 """

@@ -51,7 +51,7 @@ class AdaptiveWeighting(Balancer):
     non-zero the shares are undefined and the weights are uniform. ``K = 1`` gives weight 1.
 
     Unlike the seed the weights are not an ``nn.Parameter`` (the seed overwrote it every step
-    anyway): the moving averages and the call count are buffers, so ``state_dict()`` resumes
+    anyway): the moving averages are a buffer, so ``state_dict()`` resumes
     exactly. In eval mode the averages are not updated.
 
     Per-sample ``(B,)`` losses are reduced to their batch mean. ``stats`` adds ``average/<name>``.

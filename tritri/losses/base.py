@@ -1,4 +1,4 @@
-"""Shared machinery of the loss balancers (SPEC section 3.1).
+"""Shared machinery of the loss balancers (``docs/SPEC.md`` section 3.1).
 
 Every balancer is an :class:`torch.nn.Module` called as::
 

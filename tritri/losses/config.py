@@ -1,4 +1,4 @@
-"""Build a balancer from a dict or a YAML file (SPEC section 3.1).
+"""Build a balancer from a dict or a YAML file (``docs/SPEC.md`` section 3.1).
 
 The layout is the seed's (``config_geometric.yaml``)::
 

@@ -1,4 +1,5 @@
-"""Geometric-mean loss balancer: Σ_k log(L_k + ε) plus a floor penalty (seed 000, SPEC 3.1)."""
+"""Geometric-mean loss balancer: Σ_k log(L_k + ε) plus a floor penalty (seed 000,
+``docs/SPEC.md`` section 3.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""L1 + VGG perceptual + LPIPS on one shared VGG16 pass (SPEC section 3).
+"""L1 + VGG perceptual + LPIPS on one shared VGG16 pass (``docs/SPEC.md`` section 3).
 
 LPIPS v0.1 feeds its trunk ``(2x - 1 - shift) / scale``, which for ``x`` in [0, 1] is ImageNet
 normalization (``mean = (1 + shift) / 2``, ``std = scale / 2``), so one VGG16 pass over the
@@ -212,7 +212,8 @@ class _Level:
 
 
 class ImageLosses(nn.Module):
-    """Image losses on one frozen VGG16 pass: ``l1``, ``perceptual`` and ``lpips`` (SPEC 3).
+    """Image losses on one frozen VGG16 pass: ``l1``, ``perceptual`` and ``lpips``
+    (``docs/SPEC.md`` section 3).
 
     Args:
         names: which losses to compute, any of ``"l1"``, ``"perceptual"``, ``"lpips"`` (a single

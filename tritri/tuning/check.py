@@ -21,7 +21,8 @@ one thread handles per trip through that loop (triangles per trip x pixels per t
 loop's instructions per pair.
 
 Exit codes: 0 all compiled and no default config spills; 1 a compile failure or a default-config
-spill (each named with kernel, variant and arch); 2 bad arguments.
+spill (each named with kernel, variant and arch), or the kernels already imported under the Triton
+interpreter; 2 bad arguments.
 """
 
 from __future__ import annotations
