@@ -530,12 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (the device tool's $OUT)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU rehearsal: the interpreter, tiny sizes, no tuning")  # fmt: skip
-    ap.add_argument("--budget", type=float, default=480.0,
-                    help="seconds for the whole session (default 480: 8 minutes)")  # fmt: skip
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole session (default 480: 8 minutes; a dry run, "
+                    "whose limits only catch a hang, 1800)")  # fmt: skip
     ap.add_argument("--skip", nargs="*", default=[], choices=STEPS, help="steps to leave out")
     ap.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)  # one step (internal)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = 1800.0 if args.dry_run else 480.0
     if args.step is None:
         return drive(args)
     args.limit = args.budget * STEP_SHARE[args.step]

@@ -1,19 +1,43 @@
-"""Test fixtures and the ``gpu`` marker (the interpreter switch is in the root conftest.py)."""
+"""Test fixtures and the ``gpu`` and ``triton`` markers (the interpreter switch is in the root
+conftest.py)."""
 
 from __future__ import annotations
 
+import devices
 import pytest
 import torch
 from devices import triton_device
 
 
+def _runs_triton(item: pytest.Item) -> bool:
+    """Whether a test runs Triton kernels by its signature: the ``device`` fixture (the Triton
+    device), a ``backend="triton"`` or a ``use_triton=True`` parameter."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return (
+        "device" in getattr(item, "fixturenames", ())
+        or params.get("backend") == "triton"
+        or params.get("use_triton") is True
+    )
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _runs_triton(item):
+            item.add_marker(pytest.mark.triton)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    devices.CURRENT_TEST = request.node
+    yield
+    devices.CURRENT_TEST = None
 
 
 @pytest.fixture

@@ -117,6 +117,7 @@ def test_dynamic_epsilon_is_detached_and_per_sample(use_triton):
     assert static.stats["log/a"] == pytest.approx((math.log(0.5 + 1e-8) + math.log(4 + 1e-8)) / 2)
 
 
+@pytest.mark.triton
 def test_triton_and_torch_paths_agree():
     """The fused kernel and the torch path: same total, gradients and stats (every value)."""
     g = torch.Generator().manual_seed(1)

@@ -102,6 +102,7 @@ def test_lpips_parity_weights_from_file_and_encoded_target(lpips_ref, tmp_path):
     _assert_grad_close(g, g_ref)
 
 
+@pytest.mark.triton
 def test_lpips_parity_triton_path(lpips_ref):
     """The fused level kernels (CUDA, or the interpreter on CPU) through the whole loss: the lpips
     value against the lpips package, both terms and the gradient against the torch path (the same

@@ -33,6 +33,7 @@ def test_raster_kernels_are_tunable(raster_tunables):
     assert all(c["tile"] in (8, 16, 32) for c in forward.candidates)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("kernel", ["raster_forward", "raster_backward"])
 def test_tuning_a_tiny_problem_picks_a_verified_config(raster_tunables, kernel):
     triton_device()  # the runners launch the kernels on CUDA, else on the CPU (interpreter)

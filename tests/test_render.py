@@ -85,6 +85,7 @@ def test_early_termination_matches_reference(backend):
     [("sorted", 16, False), ("sorted", 1, False), ("sorted", 16, True), ("scan", 16, True)],
     ids=["sorted", "sorted-overflow-scans", "deterministic", "deterministic-from-scan"],
 )
+@pytest.mark.triton
 def test_triton_binning_modes(binning, capacity, deterministic, monkeypatch):
     import tritri.kernels.ops
 
@@ -117,6 +118,7 @@ def _distinct(configs):
     return out
 
 
+@pytest.mark.triton
 def test_tuner_candidates_match_reference(monkeypatch):
     """Every config `tritri tune` may pick gives the reference's image and gradients: the image of
     each forward candidate, and the gradients of each backward candidate, each run at another of
@@ -183,6 +185,7 @@ def test_torch_backend_groups_match_reference(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.triton
 def test_deterministic_sums_are_independent_of_tile_order():
     """deterministic=True: each triangle's gradient is the sum of its per-tile contributions in a
     fixed order, whatever order the tiles run in. Checked on a 2x2-tile scene whose triangles all
@@ -241,6 +244,7 @@ def test_deterministic_sums_are_independent_of_tile_order():
             assert differ == 0, f"seed 12: {name} differs between two runs in {differ} entries"
 
 
+@pytest.mark.triton
 def test_deterministic_none_follows_torch_setting(monkeypatch):
     """deterministic=None takes torch.are_deterministic_algorithms_enabled()."""
     import tritri.kernels.ops

@@ -187,6 +187,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     assert "AUTO torch.Size([1, 3, 4, 4])" in out  # auto renders on the CPU (numba, else torch)
 
 
+@pytest.mark.triton
 def test_torch_compile_fullgraph_matches_eager():
     verts, colors, opacity = random_scene(1, 5, 3, seed=30, device=triton_device())
 
@@ -206,6 +207,7 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.triton
 def test_custom_op_passes_opcheck():
     from tritri.geometry import prepare_triangles
     from tritri.kernels.ops import rasterize
