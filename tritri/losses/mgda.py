@@ -180,17 +180,20 @@ def _polish_on_support(m: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _active_set_frank_wolfe(
     m: np.ndarray, alpha: np.ndarray, max_iter: int, tol: float
 ) -> tuple[np.ndarray, int]:
-    """Pairwise Frank-Wolfe from ``alpha`` (``(K,)``) in rounds of ``2K`` steps, each followed by
-    :func:`_polish_on_support`, until the duality gap is ``<= tol`` or ``max_iter`` steps in all;
-    ``M`` ``(K, K)`` scaled to ``max diag M = 1``. Returns the weights and the steps taken."""
+    """From ``alpha`` (``(K,)``, on the simplex): :func:`_polish_on_support`, then rounds of ``2K``
+    pairwise Frank-Wolfe steps each followed by it, until the duality gap is ``<= tol``, Frank-Wolfe
+    stops on its own criterion, or ``max_iter`` steps in all; ``M`` ``(K, K)`` scaled to
+    ``max diag M = 1``. Returns the weights and the Frank-Wolfe steps taken."""
     steps = 0
+    stalled = False
     while True:
+        alpha = _polish_on_support(m, alpha)
+        if stalled or steps >= max_iter or _gap(m, alpha) <= tol:
+            return alpha, steps
         chunk = min(max_iter - steps, 2 * m.shape[0])
         alpha, taken = _pairwise_frank_wolfe(m, alpha, chunk, tol)
         steps += taken
-        alpha = _polish_on_support(m, alpha)
-        if _gap(m, alpha) <= tol or taken < chunk or steps >= max_iter:
-            return alpha, steps
+        stalled = taken < chunk
 
 
 def _gap(m: np.ndarray, w: np.ndarray) -> float:
@@ -217,9 +220,10 @@ def min_norm_solve(
       minimizer (see :func:`_exact_min_norm` for ties).
     - ``K > exact_max``: pairwise Frank-Wolfe (Lacoste-Julien & Jaggi 2015) from the uniform point
       with exact line search, at most ``max_iter`` steps in all, stopping when ``(Mw)_s − (Mw)_t``
-      (away vertex ``s``, Frank-Wolfe vertex ``t``) falls below ``tol``; after every ``2K``
-      steps, Wolfe's minor cycle (1976) on the current support (:func:`_polish_on_support`):
-      Frank-Wolfe finds the optimal face, the KKT solve lands on its optimum exactly.
+      (away vertex ``s``, Frank-Wolfe vertex ``t``) falls below ``tol``; before the first and
+      after every ``2K`` steps, Wolfe's minor cycle (1976) on the current support
+      (:func:`_polish_on_support`): Frank-Wolfe finds the optimal face, the KKT solve lands on
+      its optimum exactly.
 
     If the exact solution's gap exceeds ``tol`` (extreme conditioning), Frank-Wolfe continues
     from it. The result says whether ``tol`` was reached (:class:`MinNormSolution`); all-zero
