@@ -18,7 +18,7 @@ from tritri.losses.base import Balancer, Shared, per_loss_gradients
 __all__ = ["EXACT_MAX_LOSSES", "MGDA", "MinNormSolution", "min_norm_solve", "min_norm_weights"]
 
 #: Up to this many losses the min-norm problem is solved exactly, by enumerating the
-#: ``2^K − 1`` faces of the simplex; above it, by pairwise Frank-Wolfe.
+#: ``2^K − 1`` faces of the simplex; above it, by pairwise Frank-Wolfe with Wolfe's minor cycle.
 EXACT_MAX_LOSSES = 8
 
 #: A face's solution is feasible when its weights are ``>= -_FEASIBLE`` (then clipped to 0).
