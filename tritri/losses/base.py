@@ -57,23 +57,30 @@ def check_names(names: object, *, argument: str = "names") -> tuple[str, ...]:
     return out
 
 
-def _as_flat_grad(grads: Sequence[Tensor | None], name: str) -> Tensor:
+def _as_flat_grad(grads: Sequence[Tensor | None], name: str, dtype: torch.dtype) -> Tensor:
     if all(g is None for g in grads):
         raise ValueError(
             f"loss {name!r} does not depend on shared=; pass a tensor that every loss is computed "
             "from (the rendered image is the natural choice)"
         )
-    parts = [g.reshape(-1).float() for g in grads if g is not None]
+    parts = [g.reshape(-1).to(dtype) for g in grads if g is not None]
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def per_loss_gradients(losses: Sequence[Tensor], names: Sequence[str], shared: Shared) -> Tensor:
+def per_loss_gradients(
+    losses: Sequence[Tensor],
+    names: Sequence[str],
+    shared: Shared,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Gradient of each scalar loss with respect to ``shared``, flattened: a ``(K, D)`` tensor.
 
     Uses ``torch.autograd.grad(..., retain_graph=True)`` without ``create_graph``: the rows are
     detached, nothing is accumulated into any ``.grad``, and the caller's graph stays intact for its
     own ``backward()``. ``shared`` is one tensor or a sequence of tensors (their gradients are
-    concatenated).
+    concatenated). The rows are cast to ``dtype`` (float32 by default; MGDA passes the losses'
+    dtype so that float64 losses keep float64 gradients).
     """
     if isinstance(shared, Tensor):
         inputs: tuple[Tensor, ...] = (shared,)
@@ -95,7 +102,7 @@ def per_loss_gradients(losses: Sequence[Tensor], names: Sequence[str], shared: S
                 f"loss {name!r} does not require grad, so it has no gradient at shared"
             )
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        rows.append(_as_flat_grad(grads, name))
+        rows.append(_as_flat_grad(grads, name, dtype))
     return torch.stack(rows)
 
 
