@@ -148,8 +148,9 @@ def test_backward_shuffles_run_along_the_lanes(check_rows):
 
 
 def test_instructions_per_pair_is_the_hot_loop_over_its_pairs(check_rows):
+    # one arch's raster rows (reading every cubin's SASS twice would cost half a minute)
     for r in check_rows:
-        if r["pairs_per_trip"]:
+        if r["pairs_per_trip"] and r["arch"] == ARCHS[-1]:
             loop = kernel_cost.hot_loop(kernel_cost.sass_instructions(r["cubin"]))
             assert len([t for t in loop if not t.startswith("NOP")]) == r["loop_instructions"]
             assert r["instructions_per_pair"] == round(
