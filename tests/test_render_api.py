@@ -302,3 +302,25 @@ def test_binning_and_the_torch_rasterizer_take_empty_batches(B, N):
     color, T = rasterize_torch(prep, 9, 7)
     assert color.shape == (B, 3, 9, 7) and T.shape == (B, 9, 7)
     assert (color == 0).all() and (T == 1).all()
+
+
+@pytest.mark.parametrize(
+    "backend,deterministic", [("numba", None), ("torch", None), ("triton", False), ("triton", True)]
+)
+@pytest.mark.parametrize("per_vertex", [False, True])
+def test_a_single_triangle_has_gradients(backend, deterministic, per_vertex):
+    """B = N = 1 (found by tests/test_render_properties.py): the Triton backward returned views of
+    one buffer, which its custom op may not (torch raised on every single-triangle backward)."""
+    from render_helpers import check_against_reference
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    scene = random_scene(1, 1, 3, per_vertex=per_vertex, seed=7, spread=(0.0, 1.0),
+                         device=backend_device(backend))  # fmt: skip
+
+    def fn(v, c, o, bg):
+        return tritri.render(v, c, o, height=10, width=9, background=bg, return_alpha=True,
+                             backend=backend, deterministic=deterministic)  # fmt: skip
+
+    _, _, d_verts, d_colors, d_opacity = check_against_reference(fn, scene, 10, 9, 0.5)
+    assert d_verts.abs().sum() > 0 and d_colors.abs().sum() > 0
