@@ -19,6 +19,7 @@ TORCH_FREE = [
     "tritri.fitting.cli",
     "tritri.fitting",
     "tritri.fitting.export",
+    "tritri.fitting.images",
     "tritri.fitting.starts",
     "tritri.losses",
     "tritri.losses.checks",

@@ -14,6 +14,9 @@ Outputs, in ``--out``:
 - ``metrics.jsonl`` one record per logged step (``step``, ``total``, ``loss/<name>``, ``psnr``,
   the balancer's weights, the monitor's warnings); ``loss.png`` the curves (Pillow).
 
+The target is read by :func:`tritri.fitting.images.read_image` (every Pillow mode by its own
+range, transparency over white, the first frame of an animation).
+
 Losses: ``--losses auto`` (default) is the pixel pair ``l1,mse``; on a GPU with the pretrained
 VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptual,lpips``. Naming
 VGG losses in ``--losses`` fetches torchvision's weights (once) when they are not cached. They are
@@ -97,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument(
         "image", nargs="?", default=None,
-        help="image to fit (any format Pillow reads); default: the bundled sample photograph",
+        help="image to fit (any format Pillow reads, 8 or 16 bits or float; transparent pixels "
+        "are composited over white, as a viewer shows them; an animated image's first frame); "
+        "default: the bundled sample photograph",
     )  # fmt: skip
     parser.add_argument(
         "--triangles", "-n", type=int, default=None,
@@ -112,8 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=int,
         default=d["size"],
-        help="longest side of the fit, in pixels (default: %(default)s)",
+        help="longest side of the fit, in pixels; a smaller image is fitted at its own size "
+        "unless --upscale (default: %(default)s)",
     )
+    parser.add_argument(
+        "--upscale", action="store_true",
+        help="enlarge an image smaller than --size to it (default: fit it at its own size)",
+    )  # fmt: skip
     parser.add_argument(
         "--losses", default="auto",
         help="comma-separated losses from l1, mse, perceptual, lpips; 'auto' = l1,mse, plus "
@@ -366,15 +376,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
-    from tritri.fitting.export import load_image_array
-
-    try:
-        target = load_image_array(args.image, args.size)
-    except (FileNotFoundError, ValueError) as err:
-        raise _UsageError(str(err)) from None
+    target = _read_target(args)
     if _cpu_fit_applies(args):
         return _run_cpu(args, target)
     return _run_torch(args, target)
+
+
+def _read_target(args: argparse.Namespace):
+    """The (3, H, W) numpy target; its notes (frames, transparency, size) said on stderr."""
+    from tritri.fitting.images import read_image
+
+    try:
+        image = read_image(args.image, args.size, upscale=args.upscale)
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    for note in image.notes:
+        _note(note)
+    w, h = image.source_size
+    if max(w, h) < args.size and not args.upscale:
+        name = args.image if args.image is not None else "the sample image"
+        _note(f"{name} is {w}x{h}: fitting it at that size (--upscale enlarges it to --size "
+              f"{args.size})")  # fmt: skip
+    return image.pixels
 
 
 def _out_dir(args: argparse.Namespace) -> Path:

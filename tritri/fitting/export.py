@@ -1,4 +1,5 @@
-"""Images in and out of a fit: load the target, write PNGs, the side-by-side comparison and SVG.
+"""Images out of a fit: PNGs, the side-by-side comparison and the SVG (and, re-exported from
+:mod:`tritri.fitting.images`, the target's loader).
 
 Torch-free at import: the writers take torch tensors or numpy arrays; only :func:`load_image`
 (which returns a tensor) imports torch.
@@ -8,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from tritri.fitting.images import SAMPLE_IMAGE, load_image, load_image_array, sample_image_path
 from tritri.fitting.numeric import as_numpy
 
 if TYPE_CHECKING:
@@ -30,55 +31,6 @@ __all__ = [
     "save_svg",
     "to_uint8",
 ]
-
-#: File name of the bundled sample image in ``tritri/data`` (see ``tritri/data/SOURCE.md``).
-SAMPLE_IMAGE = "astronaut.png"
-
-
-def sample_image_path() -> Path:
-    """Path of the bundled sample photograph (NASA, public domain; see tritri/data/SOURCE.md)."""
-    return Path(str(resources.files("tritri") / "data" / SAMPLE_IMAGE))
-
-
-def load_image_array(path: str | os.PathLike[str] | None, size: int | None = None) -> np.ndarray:
-    """Read an image as a ``(3, H, W)`` float32 numpy array in [0, 1].
-
-    Args:
-        path: any format Pillow reads (EXIF orientation applied, alpha dropped, grey expanded
-            to RGB); None for the bundled sample image.
-        size: resize (Lanczos) so that the longest side is ``size`` pixels, keeping the aspect
-            ratio; None keeps the file's size.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: not an image Pillow can read.
-    """
-    path = sample_image_path() if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {str(path)!r}")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as an image ({err})") from err
-    if size is not None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        w, h = im.size
-        scale = size / max(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if new != im.size:
-            im = im.resize(new, Image.LANCZOS)
-    arr = np.array(im, dtype=np.float32) / 255.0  # (H, W, 3)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> Tensor:
-    """Read an image as a ``(3, H, W)`` float32 tensor in [0, 1] (:func:`load_image_array` as a
-    CPU tensor; same arguments and errors)."""
-    import torch
-
-    return torch.from_numpy(load_image_array(path, size))
-
 
 #: zlib level of the PNGs written here: 1 encodes a 516x256 comparison 3.4x faster than Pillow's
 #: default (6) for 9 % more bytes (8 vs 26 ms: a CPU fit takes about 2 s).
