@@ -11,6 +11,7 @@ Fits are tiny (16 px, 4 triangles, 2 steps) and run in-process on the torch-free
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -261,3 +262,62 @@ def test_an_unreadable_image_is_one_line(tmp_path, photo, capsys, kind, message)
     assert rc == 2
     one_line_error(err, message, str(path))
     assert not (tmp_path / "run").exists()
+
+
+# --- triangles.json values ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path, capsys) -> dict:
+    rc, err = fit(capsys, "--steps", "0", out=tmp_path / "first", tiny=False)
+    assert rc == 0, err
+    return json.loads((tmp_path / "first" / "triangles.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "field, index, value",
+    [("colors", (0, 0), "NaN"), ("background", (0,), "NaN"), ("verts", (1, 2, 0), "Infinity"),
+     ("opacity", (2,), "-Infinity"), ("colors", (1, 2), 1e39), ("opacity", (0,), 1.5)],
+)  # fmt: skip
+def test_a_bad_value_in_an_init_json_is_one_line_naming_file_and_field(
+    tmp_path, capsys, saved, field, index, value
+):
+    data = dict(saved)
+    node = data[field] = json.loads(json.dumps(saved[field]))
+    for i in index[:-1]:
+        node = node[i]
+    node[index[-1]] = float(value) if isinstance(value, str) else value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))  # writes NaN / Infinity tokens, as Python's json does
+    rc, err = fit(capsys, "--init", str(path), out=tmp_path / "run")
+    assert rc == 2
+    one_line_error(err, str(path), field)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_oversized_init_file_is_refused_unread(tmp_path, capsys):
+    from tritri.fitting.starts import MAX_JSON_BYTES
+
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as f:  # sparse: no disk used
+        f.truncate(MAX_JSON_BYTES + 1)
+    rc, err = fit(capsys, "--init", str(path), out=tmp_path / "run")
+    assert rc == 2
+    one_line_error(err, str(path), "MB")
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--sigma", "inf"], "--sigma must be a finite number > 0"),
+     (["--lr", "inf"], "--lr must be a finite number > 0"),
+     (["--lr-verts", "inf"], "--lr-verts must be a finite number > 0"),
+     (["--lr", "nan"], "--lr must be a finite number > 0"),
+     (["--seed", "-5"], "--seed must be >= 0")],
+)  # fmt: skip
+def test_bad_option_values_are_one_line(tmp_path, capsys, args, message):
+    rc, err = fit(capsys, *args, out=tmp_path / "run")
+    assert rc == 2
+    one_line_error(err, message)

@@ -37,6 +37,7 @@ Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -217,8 +218,10 @@ def _check(args: argparse.Namespace) -> None:
     if args.size < 8:
         raise _UsageError(f"--size must be >= 8 pixels, got {args.size}")
     for flag, value in (("--lr", args.lr), ("--lr-verts", args.lr_verts), ("--sigma", args.sigma)):
-        if not value > 0:
-            raise _UsageError(f"{flag} must be > 0, got {value}")
+        if not (math.isfinite(value) and value > 0):
+            raise _UsageError(f"{flag} must be a finite number > 0, got {value}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.log_every < 1:
         raise _UsageError(f"--log-every must be >= 1, got {args.log_every}")
     if args.config is not None and not Path(args.config).is_file():
