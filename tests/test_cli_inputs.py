@@ -12,6 +12,7 @@ Fits are tiny (16 px, 4 triangles, 2 steps) and run in-process on the torch-free
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -321,3 +322,163 @@ def test_bad_option_values_are_one_line(tmp_path, capsys, args, message):
     rc, err = fit(capsys, *args, out=tmp_path / "run")
     assert rc == 2
     one_line_error(err, message)
+
+
+def _make_read_only(path: Path) -> None:
+    """Make the directory ``path`` refuse new files, also to root (``chattr +i``); skip where
+    that cannot be done."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+    else:
+        import subprocess
+
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a directory read-only for root here (chattr +i)")
+    try:
+        (path / "probe").write_text("")
+    except OSError:
+        return
+    (path / "probe").unlink()
+    pytest.skip("the read-only directory is still writable here")
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        import subprocess
+
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    path.chmod(0o755)
+
+
+def test_a_read_only_out_directory_is_one_line(tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    _make_read_only(out)
+    try:
+        rc, err = fit(capsys, out=out)
+    finally:
+        _make_writable(out)
+    assert rc == 2
+    one_line_error(err, "--out", str(out))
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def test_zero_steps_writes_what_it_says_and_leaves_no_stale_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = fit(capsys, out=out)  # 2 steps: every output, loss.png included
+    assert rc == 0 and all((out / name).is_file() for name in OUTPUTS), err
+    rc, err = fit(capsys, "--steps", "0", "-n", "4", "--size", "16", out=out, tiny=False)
+    assert rc == 0, err
+    said = written(err)
+    assert all(p.is_file() for p in said), said
+    assert (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text() == ""
+    assert not (out / "loss.png").exists()  # nothing to draw; the last run's curve is gone
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in said)
+
+
+def test_ctrl_c_before_the_first_step_writes_what_it_says(tmp_path, capsys, monkeypatch):
+    from tritri.fitting import cpu_fit
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cpu_fit, "_objective", ctrl_c)  # in the first step, before any record
+    out = tmp_path / "run"
+    rc, err = fit(capsys, out=out)
+    assert rc == 130, err
+    said = written(err)
+    assert all(p.is_file() for p in said), said
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in said)
+    assert "metrics.jsonl" in [p.name for p in said]
+
+
+def test_a_writer_that_fails_loses_no_other_output(tmp_path, capsys, monkeypatch):
+    """One output that cannot be written is reported in one line; the others are written, and no
+    older file of that name is left behind."""
+    from tritri.fitting import export
+
+    out = tmp_path / "run"
+    rc, err = fit(capsys, out=out)
+    assert rc == 0, err
+
+    def broken(*args, **kwargs):
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(export, "save_svg", broken)
+    rc, err = fit(capsys, out=out)
+    assert rc == 1, err
+    one_line_error(err, "triangles.svg", "cannot convert float infinity")
+    assert not (out / "triangles.svg").exists()
+    for name in OUTPUTS:
+        if name != "triangles.svg":
+            assert (out / name).is_file(), name
+
+
+def test_a_second_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    from tritri.fitting import export
+
+    out = tmp_path / "run"
+    real = export.save_svg
+
+    def interrupted_midway(verts, colors, opacity, background, path, **kwargs):
+        Path(path).write_text("<svg")  # half a file...
+        raise KeyboardInterrupt  # ...and the second Ctrl-C
+
+    monkeypatch.setattr(export, "save_svg", interrupted_midway)
+    try:
+        rc, err = fit(capsys, out=out)
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped tritri fit (a traceback, partial outputs)")
+    assert rc == 130, err
+    assert "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())
+    assert "triangles.svg" not in names  # not half of one
+    assert all(name in OUTPUTS for name in names), names  # no temporary file left
+    monkeypatch.setattr(export, "save_svg", real)
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path):
+    from tritri.fitting.files import atomic_path
+
+    path = tmp_path / "triangles.svg"
+    path.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert path.read_text() == "old" and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_the_svg_writer_takes_non_finite_values_and_refuses_an_infinite_sigma(tmp_path):
+    from tritri.fitting.export import save_svg
+
+    verts = np.array(
+        [[[0.1, 0.1], [0.9, 0.2], [0.5, 0.9]], [[np.nan, 0.1], [0.9, 0.2], [0.5, 0.9]]]
+    )
+    colors = np.array([[np.nan, 0.5, 0.5], [0.2, 0.2, 0.2]])
+    path = save_svg(verts, colors, np.array([0.5, np.inf]), np.array([np.nan, 1.0, 1.0]),
+                    tmp_path / "t.svg", width=16, height=16, sigma=0.5)  # fmt: skip
+    assert path.read_text().count("<g ") == 1  # the NaN-position triangle left out
+    with pytest.raises(ValueError, match="sigma"):
+        save_svg(verts, colors, np.array([0.5, 0.5]), np.ones(3), tmp_path / "u.svg", width=16,
+                 height=16, sigma=float("inf"))  # fmt: skip
+    assert not (tmp_path / "u.svg").exists()
+
+
+def test_the_wheel_ships_every_data_file():
+    """pyproject's package-data covers every non-Python file of the package (the configs'
+    README.md was left out of the wheel)."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["tritri"]
+    package = repo / "tritri"
+    for path in package.rglob("*"):
+        if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel

@@ -20,6 +20,7 @@ TORCH_FREE = [
     "tritri.fitting",
     "tritri.fitting.export",
     "tritri.fitting.images",
+    "tritri.fitting.outputs",
     "tritri.fitting.starts",
     "tritri.losses",
     "tritri.losses.checks",

@@ -7,6 +7,7 @@
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
 - :mod:`tritri.fitting.images`: :func:`read_image` / :func:`load_image`, the target as a viewer
   shows it; :mod:`tritri.fitting.export`: PNG / comparison / SVG writers;
+  :mod:`tritri.fitting.outputs`: what ``tritri fit`` writes, atomically and independently;
 - :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O;
 - :mod:`tritri.fitting.cpu_fit`: :func:`fit_triangles_cpu`, the same fit on numpy and numba
   without torch (the default objective on a CPU; what ``tritri fit`` runs there).

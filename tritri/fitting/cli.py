@@ -14,8 +14,9 @@ Outputs, in ``--out``:
 - ``metrics.jsonl`` one record per logged step (``step``, ``total``, ``loss/<name>``, ``psnr``,
   the balancer's weights, the monitor's warnings); ``loss.png`` the curves (Pillow).
 
-The target is read by :func:`tritri.fitting.images.read_image` (every Pillow mode by its own
-range, transparency over white, the first frame of an animation).
+Each is written atomically and on its own (:mod:`tritri.fitting.outputs`); the target is read by
+:func:`tritri.fitting.images.read_image` (every Pillow mode by its own range, transparency over
+white, the first frame of an animation).
 
 Losses: ``--losses auto`` (default) is the pixel pair ``l1,mse``; on a GPU with the pretrained
 VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptual,lpips``. Naming
@@ -404,13 +405,12 @@ def _read_target(args: argparse.Namespace):
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
+    from tritri.fitting.outputs import prepare_out_dir
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _UsageError(f"--out: cannot create {str(out)!r}: {err}") from None
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    return out
+        return prepare_out_dir(args.out)
+    except ValueError as err:
+        raise _UsageError(f"--out: {err}") from None
 
 
 def _announce(args, target, n_keep: int, names, balancer: str, device: str, start: str,
@@ -442,51 +442,33 @@ def _write_outputs(
     args: argparse.Namespace, out: Path, target, image, values: dict[str, Any], result: Any,
     names, start_psnr: float, t0: float,
 ) -> int:  # fmt: skip
-    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status.
-    ``target``, ``image``: (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
-    from tritri.fitting.export import save_comparison, save_png, save_svg
-    from tritri.fitting.loss_plot import save_loss_plot
-    from tritri.fitting.starts import write_triangles_json
+    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status
+    (0; 1 when an output could not be written; 130 after a Ctrl-C). ``target``, ``image``:
+    (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
+    from tritri.fitting.outputs import FitOutputs, write_outputs
 
     if result.interrupted:
         _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
-    _, H, W = target.shape
-    files = [
-        save_png(image, out / "final.png"),
-        save_comparison(target, image, out / "comparison.png"),
-    ]
-    files.append(
-        save_svg(
-            values["verts"], values["colors"], values["opacity"], values["background"],
-            out / "triangles.svg", width=W, height=H,
-            title=f"tritri fit: {len(values['opacity'])} triangles, PSNR {result.psnr:.2f} dB",
-            sigma=args.sigma,
-        )
+    fit = FitOutputs(
+        target=target, image=image, values=values, sigma=args.sigma, psnr=result.psnr,
+        steps=result.steps, best_step=result.best_step, losses=names,
+        image_name=os.fspath(args.image) if args.image is not None else "astronaut.png",
+        history=result.history,
     )  # fmt: skip
-    extra = {
-        "psnr": round(result.psnr, 4),
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "losses": list(names),
-        "image": os.fspath(args.image) if args.image is not None else "astronaut.png",
-    }
-    files.append(
-        write_triangles_json(
-            values, out / "triangles.json", width=W, height=H, sigma=args.sigma, extra=extra
-        )
-    )
-    files.append(out / "metrics.jsonl")
-    # the records just written to metrics.jsonl, kept by the loop: no need to read them back
-    plot = save_loss_plot(result.history, out / "loss.png", title="tritri fit")
-    if plot is not None:
-        files.append(plot)
+    done = write_outputs(out, fit)
+    for name, reason in done.failed:
+        print(f"{_PROG}: error: could not write {out / name}: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
+    files = ", ".join(str(f) for f in done.files) or "nothing"
+    stop = "; interrupted while writing the outputs" if done.interrupted else ""
     _note(
         f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
-        f"{best} in {seconds:.1f} s; wrote {', '.join(str(f) for f in files)}"
+        f"{best} in {seconds:.1f} s{stop}; wrote {files}"
     )
-    return 130 if result.interrupted else 0
+    if result.interrupted or done.interrupted:
+        return 130
+    return 1 if done.failed else 0
 
 
 def _warmup(args: argparse.Namespace) -> float:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tritri.fitting.files import atomic_path
 from tritri.fitting.numeric import as_numpy
 
 __all__ = [
@@ -228,10 +229,14 @@ def write_triangles_json(
     "n_triangles", "background": [r, g, b], "verts": [[[x, y] x 3] x N], "colors": [[r, g, b] x N],
     "opacity": [N floats], ...extra}``; numbers rounded to 6 decimals, positions normalized ([0, 1]
     spans the image; multiply by width / height for pixels), colors and opacities in [0, 1], index
-    order = draw order. :func:`read_triangles_json` reads it back.
+    order = draw order. :func:`read_triangles_json` reads it back. Written atomically (a
+    temporary file renamed into place); values :func:`read_triangles_json` would refuse (NaN,
+    infinity, ...) are a ``ValueError`` and nothing is written; non-finite numbers in ``extra``
+    are written as ``null``.
     """
     vals = {k: as_numpy(values[k], np.float64) for k in VALUE_KEYS}
     n = check_triangle_shapes(*(vals[k].shape for k in VALUE_KEYS))
+    check_triangle_values(vals)
     data: dict[str, Any] = {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
@@ -245,10 +250,17 @@ def write_triangles_json(
         "opacity": np.round(vals["opacity"], 6).tolist(),
     }
     if extra:
-        data.update(extra)
-    path = Path(path)
-    path.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    return path
+        data.update({k: _finite_or_none(v) for k, v in extra.items()})
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _numbers(value: Any) -> np.ndarray:
