@@ -8,6 +8,21 @@ import pytest
 import torch
 from devices import triton_device
 
+try:  # the property tests' settings (tests/test_render_properties.py)
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis not installed: those tests skip
+    pass
+else:
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    # CI (the default): a few examples, derandomized (the same ones on every run), no deadline
+    # (the Triton interpreter and numba's first compile vary a lot in time).
+    settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
+                              print_blob=True, suppress_health_check=_SLOW_OK)  # fmt: skip
+    # `pytest --hypothesis-profile thorough tests/test_render_properties.py`: a real search.
+    settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True,
+                              suppress_health_check=_SLOW_OK)  # fmt: skip
+    settings.load_profile("ci")
+
 
 def _runs_triton(item: pytest.Item) -> bool:
     """Whether a test runs Triton kernels by its signature: the ``device`` fixture (the Triton

@@ -237,7 +237,7 @@ def test_monitor_warnings_are_shown_and_the_best_step_kept(tmp_path, capsys):
         (["--steps", "many"], "argument --steps"),
         (["--triangles", "1"], "--triangles must be >= 2"),
         (["--size", "4"], "--size must be >= 8"),
-        (["--lr", "0"], "--lr must be > 0"),
+        (["--lr", "0"], "--lr must be a finite number > 0"),
         (["no/such/image.png"], "no such image file"),
         (["--init", "no/such.json"], "--init must be greedy, delaunay, random or a triangles.json"),
         (["--losses", "l1,sharpness"], "unknown loss sharpness"),

@@ -182,7 +182,7 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys, content, messa
     "content, message",
     [
         ('{"format": "tritri-triangles", "version": 1, "verts": [[[0, 0', "is not JSON"),
-        (b"\x00\x9f\x92\x96 not text", "cannot read"),
+        (b"\x00\x9f\x92\x96 not text", "is not JSON (it does not start with '{')"),  # unparsed
         ('{"format": "tritri-triangles", "version": 1, "verts": "x", "colors": 1, '
          '"opacity": [], "background": [0, 0, 0]}', "malformed triangles"),
         ("[1, 2, 3]", "not a tritri triangles.json"),

@@ -19,6 +19,8 @@ TORCH_FREE = [
     "tritri.fitting.cli",
     "tritri.fitting",
     "tritri.fitting.export",
+    "tritri.fitting.images",
+    "tritri.fitting.outputs",
     "tritri.fitting.starts",
     "tritri.losses",
     "tritri.losses.checks",

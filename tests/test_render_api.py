@@ -247,3 +247,82 @@ def test_gpu_bfloat16_and_inductor():
 
     compiled = torch.compile(step, fullgraph=True)
     torch.testing.assert_close(compiled(verts, colors, opacity), step(verts, colors, opacity))
+
+
+def _empty_scene(case: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A scene where nothing draws (verts, colors, opacity): every triangle off-screen, of zero
+    area, NaN or of opacity 0, or no triangles (N = 0), or no images (B = 0)."""
+    B, N = {"B=0": (0, 4), "N=0": (2, 0), "B=0,N=0": (0, 0)}.get(case, (2, 4))
+    verts, colors, opacity = random_scene(max(B, 1), max(N, 1), 3, seed=31)
+    verts, colors, opacity = (t[:B, :N].clone() for t in (verts, colors, opacity))
+    if case == "offscreen":
+        verts = verts + 5.0
+    elif case == "zero_area":
+        verts = torch.full_like(verts, 0.5)
+    elif case == "nan":
+        verts[..., 0, 0] = float("nan")
+    elif case == "opacity_0":
+        opacity = torch.zeros_like(opacity)
+    return verts, colors, opacity
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch", "triton"])
+@pytest.mark.parametrize(
+    "case", ["offscreen", "zero_area", "nan", "opacity_0", "N=0", "B=0", "B=0,N=0"]
+)
+def test_a_scene_that_draws_nothing_is_the_background_with_zero_gradients(backend, case):
+    """Every backend alike (docs/SPEC.md sections 2.1, 2.4): the background, alpha 0, and an image
+    that requires grad, with a zero gradient for every input (not None, not an error)."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    device = backend_device(backend)
+    scene = [t.to(device).requires_grad_() for t in _empty_scene(case)]
+    B = scene[0].shape[0]
+    image, alpha = tritri.render(*scene, height=9, width=7, background=0.25, return_alpha=True,
+                                 backend=backend)  # fmt: skip
+    assert image.shape == (B, 3, 9, 7) and alpha.shape == (B, 1, 9, 7)
+    assert (image == 0.25).all() and (alpha == 0).all()
+    assert image.requires_grad and alpha.requires_grad
+    (image.sum() + alpha.sum()).backward()
+    for t in scene:
+        assert t.grad is not None and t.grad.shape == t.shape
+        assert (t.grad == 0).all()
+
+
+@pytest.mark.parametrize("B,N", [(0, 4), (2, 0), (0, 0)])
+def test_binning_and_the_torch_rasterizer_take_empty_batches(B, N):
+    """The torch backend's own entry (below render's shortcut) with B = 0 or N = 0: empty lists,
+    the background's transmittance (it raised IndexError in the binning at B = 0)."""
+    from tritri.binning import bin_triangles
+    from tritri.cpu import rasterize_torch
+    from tritri.geometry import prepare_triangles
+
+    verts, colors, opacity = (t[:B, :N] for t in random_scene(2, 4, 3, seed=5))
+    prep = prepare_triangles(verts, colors, opacity, 9, 7, 0.5)
+    bins = bin_triangles(prep.edges, prep.cull, 9, 7, 8)
+    assert bins.start.shape == (B * 2,) and (bins.end == bins.start).all()
+    color, T = rasterize_torch(prep, 9, 7)
+    assert color.shape == (B, 3, 9, 7) and T.shape == (B, 9, 7)
+    assert (color == 0).all() and (T == 1).all()
+
+
+@pytest.mark.parametrize(
+    "backend,deterministic", [("numba", None), ("torch", None), ("triton", False), ("triton", True)]
+)
+@pytest.mark.parametrize("per_vertex", [False, True])
+def test_a_single_triangle_has_gradients(backend, deterministic, per_vertex):
+    """B = N = 1 (found by tests/test_render_properties.py): the Triton backward returned views of
+    one buffer, which its custom op may not (torch raised on every single-triangle backward)."""
+    from render_helpers import check_against_reference
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    scene = random_scene(1, 1, 3, per_vertex=per_vertex, seed=7, spread=(0.0, 1.0),
+                         device=backend_device(backend))  # fmt: skip
+
+    def fn(v, c, o, bg):
+        return tritri.render(v, c, o, height=10, width=9, background=bg, return_alpha=True,
+                             backend=backend, deterministic=deterministic)  # fmt: skip
+
+    _, _, d_verts, d_colors, d_opacity = check_against_reference(fn, scene, 10, 9, 0.5)
+    assert d_verts.abs().sum() > 0 and d_colors.abs().sum() > 0

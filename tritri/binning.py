@@ -106,6 +106,15 @@ def bin_triangles(
     device = edges.device
     ntx, nty = tile_grid(height, width, tile)
     n_tiles = ntx * nty
+    if B * N == 0:  # nothing to bin: every list empty
+        none = torch.zeros(B * n_tiles, dtype=torch.int64, device=device)
+        return TileBins(
+            tri=torch.zeros(max(int(capacity or 0), 1), dtype=torch.int32, device=device),
+            slot=torch.zeros(max(int(capacity or 0), 1), dtype=torch.int64, device=device),
+            start=none, end=none.clone(), overflow=torch.zeros(B, dtype=torch.bool, device=device),
+            first=torch.zeros(B, N, dtype=torch.int64, device=device),
+            count=torch.zeros(B, N, dtype=torch.int64, device=device),
+        )  # fmt: skip
     with torch.no_grad():
         tx0, tx1, ty0, ty1, count = tile_ranges(cull, height, width, tile)
         flat_count = count.reshape(-1)

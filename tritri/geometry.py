@@ -145,3 +145,18 @@ def _cull_data(
     lo = torch.where(can_draw[..., None], lo, inf)
     hi = torch.where(can_draw[..., None], hi, -inf)
     return torch.cat([lo, hi, margin[..., None]], dim=-1)
+
+
+def zero_grad_link(
+    outputs: tuple[Tensor, ...], inputs: tuple[Tensor | None, ...]
+) -> tuple[Tensor, ...]:
+    """``outputs`` made to depend on every ``inputs`` tensor that requires grad, with a zero
+    gradient: each gets an exact zero (never NaN, whatever its values) instead of no gradient at
+    all. For the paths where nothing draws and no rasterizer connects the inputs (an empty scene;
+    the torch backend when no tile holds a triangle). A no-op without autograd."""
+    live = [t for t in inputs if t is not None and t.requires_grad]
+    if not live or not torch.is_grad_enabled():
+        return outputs
+    # the sum of an empty slice: zero, and its gradient (zeros) ignores the values
+    zero = sum(t.reshape(-1)[:0].sum(dtype=torch.float32) for t in live)
+    return tuple(o + zero for o in outputs)

@@ -87,7 +87,10 @@ def render_dense(
         indexing="ij",
     )  # (H, W)
 
-    T = torch.ones(B, height, width, dtype=dtype, device=device)
+    # zero, but through every input (an empty slice of each): with no triangle to draw (N = 0 or
+    # B = 0) the inputs still get their zero gradients, as the contract says
+    zero = sum(t.reshape(-1)[:0].sum() for t in (v, colors, opacity))
+    T = torch.ones(B, height, width, dtype=dtype, device=device) + zero
     image = torch.zeros(B, C, height, width, dtype=dtype, device=device)
     done = torch.zeros(B, height, width, dtype=torch.bool, device=device)
 

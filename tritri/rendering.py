@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tritri.geometry import prepare_triangles
+from tritri.geometry import prepare_triangles, zero_grad_link
 
 _BACKENDS = ("auto", "triton", "numba", "torch")
 
@@ -173,7 +173,8 @@ def render(
         ``return_alpha``; unbatched input gives unbatched output.
 
     Every floating input gets a gradient. A triangle with a non-finite value or a doubled area
-    below 1e-6 px² contributes nothing and gets zero gradient. N = 0 renders the background.
+    below 1e-6 px² contributes nothing and gets zero gradient. N = 0 or B = 0 renders the
+    background (with zero gradients for the triangles) on every backend alike.
     """
     batched, per_vertex = _validate(
         verts, colors, opacity, height, width, sigma, background, backend
@@ -194,9 +195,12 @@ def render(
     else:
         bg = torch.full((B, C), float(background or 0.0), device=device)
 
-    if N == 0:
+    if N == 0 or B == 0:
         image = bg[:, :, None, None].expand(B, C, height, width)
         T = torch.ones(B, height, width, device=device)
+        # no rasterizer connects the inputs: link them, so they get zero gradients as when their
+        # triangles draw nothing (docs/SPEC.md section 2.4)
+        image, T = zero_grad_link((image, T), (verts, colors, opacity))
     else:
         if opacity is None:
             opacity = torch.ones(B, N, device=device)

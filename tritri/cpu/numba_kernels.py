@@ -1,8 +1,8 @@
 """Numba kernels of the compiled CPU rasterizer (imported only by :mod:`tritri.cpu.numba_ops`).
 
-Importing this module imports numba; the functions compile on their first call (``cache=True``:
-later processes load the machine code from ``__pycache__``). All arrays are float32 / int64 numpy
-arrays laid out as in :mod:`tritri.geometry`:
+Importing this module imports numba; the functions compile on their first call and are cached on
+disk (later processes load the machine code; where: :mod:`tritri.cpu.numba_cache`). All arrays
+are float32 / int64 numpy arrays laid out as in :mod:`tritri.geometry`:
 
 - ``edges``, ``bary``: (B, N, 9) planes (A, B, C) x 3 in pixel units, edges scaled by 1 / sigma;
   ``bary`` is any float32 array of that rank when colors are flat (``per_vertex`` False);
@@ -32,8 +32,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from tritri.cpu.numba_cache import njit
 from tritri.thresholds import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 # Compile-time float32 constants (the walk's math is float32 like the other backends).
@@ -44,7 +44,7 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 _TINY = np.float32(1e-12)
 
-_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+_OPTS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 #: Pixels per row of the vectorized flat-RGB path (its tiles are LANES x LANES).
 LANES = 16

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from tritri.binning import bin_triangles, tile_grid
-from tritri.geometry import PreparedTriangles
+from tritri.geometry import PreparedTriangles, zero_grad_link
 from tritri.thresholds import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 #: Upper bound on tiles x list length x pixels of one group (~4 MB per fp32 intermediate).
@@ -84,6 +84,11 @@ def rasterize_torch(
     B, N = edges.shape[:2]
     V, C = prep.colors.shape[-2:]
     device = edges.device
+    inputs = (edges, prep.bary, prep.colors, opacity)
+    if B == 0:
+        color = torch.zeros(0, C, height, width, device=device)
+        T = torch.ones(0, height, width, device=device)
+        return zero_grad_link((color, T), inputs)
     ntx, nty = tile_grid(height, width, tile)
     n_tiles = ntx * nty
     P = tile * tile
@@ -98,9 +103,7 @@ def rasterize_torch(
     order = torch.argsort(lengths, descending=True, stable=True)
     sorted_lengths = lengths[order].tolist()
     k = torch.arange(P, device=device)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (edges, prep.bary, prep.colors, opacity)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
     colors_out, T_out = [], []
     g0 = 0
@@ -141,4 +144,6 @@ def rasterize_torch(
     color = color.reshape(B, C, nty * tile, ntx * tile)[:, :, :height, :width]
     T = T.reshape(B, nty, ntx, tile, tile).permute(0, 1, 3, 2, 4)
     T = T.reshape(B, nty * tile, ntx * tile)[:, :height, :width]
+    if needs_grad and not color.requires_grad:  # no tile holds a triangle: zero gradients
+        color, T = zero_grad_link((color, T), inputs)
     return color, T

@@ -5,7 +5,9 @@
   :func:`save_triangles_json`;
 - :mod:`tritri.fitting.loop`: :func:`fit_triangles`; :mod:`tritri.fitting.numeric`: :func:`psnr`;
 - :mod:`tritri.fitting.objective`: :class:`FitLosses` (l1, mse, perceptual, lpips);
-- :mod:`tritri.fitting.export`: :func:`load_image`, PNG / comparison / SVG writers;
+- :mod:`tritri.fitting.images`: :func:`read_image` / :func:`load_image`, the target as a viewer
+  shows it; :mod:`tritri.fitting.export`: PNG / comparison / SVG writers;
+  :mod:`tritri.fitting.outputs`: what ``tritri fit`` writes, atomically and independently;
 - :mod:`tritri.fitting.starts`: the numpy cores of the starts and of the ``triangles.json`` I/O;
 - :mod:`tritri.fitting.cpu_fit`: :func:`fit_triangles_cpu`, the same fit on numpy and numba
   without torch (the default objective on a CPU; what ``tritri fit`` runs there).
@@ -30,11 +32,12 @@ _EXPORTS = {
     "init_greedy": "tritri.fitting.params",
     "greedy_start": "tritri.fitting.starts",
     "init_random": "tritri.fitting.params",
-    "load_image": "tritri.fitting.export",
+    "load_image": "tritri.fitting.images",
     "load_triangles_json": "tritri.fitting.params",
     "psnr": "tritri.fitting.numeric",
     "random_start": "tritri.fitting.starts",
-    "sample_image_path": "tritri.fitting.export",
+    "read_image": "tritri.fitting.images",
+    "sample_image_path": "tritri.fitting.images",
     "save_comparison": "tritri.fitting.export",
     "save_png": "tritri.fitting.export",
     "save_svg": "tritri.fitting.export",

@@ -14,6 +14,10 @@ Outputs, in ``--out``:
 - ``metrics.jsonl`` one record per logged step (``step``, ``total``, ``loss/<name>``, ``psnr``,
   the balancer's weights, the monitor's warnings); ``loss.png`` the curves (Pillow).
 
+Each is written atomically and on its own (:mod:`tritri.fitting.outputs`); the target is read by
+:func:`tritri.fitting.images.read_image` (every Pillow mode by its own range, transparency over
+white, the first frame of an animation).
+
 Losses: ``--losses auto`` (default) is the pixel pair ``l1,mse``; on a GPU with the pretrained
 VGG16 weights at hand (torch hub cache or ``--vgg-weights``) it adds ``perceptual,lpips``. Naming
 VGG losses in ``--losses`` fetches torchvision's weights (once) when they are not cached. They are
@@ -34,6 +38,7 @@ Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -97,7 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument(
         "image", nargs="?", default=None,
-        help="image to fit (any format Pillow reads); default: the bundled sample photograph",
+        help="image to fit (any format Pillow reads, 8 or 16 bits or float; transparent pixels "
+        "are composited over white, as a viewer shows them; an animated image's first frame); "
+        "default: the bundled sample photograph",
     )  # fmt: skip
     parser.add_argument(
         "--triangles", "-n", type=int, default=None,
@@ -112,8 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=int,
         default=d["size"],
-        help="longest side of the fit, in pixels (default: %(default)s)",
+        help="longest side of the fit, in pixels; a smaller image is fitted at its own size "
+        "unless --upscale (default: %(default)s)",
     )
+    parser.add_argument(
+        "--upscale", action="store_true",
+        help="enlarge an image smaller than --size to it (default: fit it at its own size)",
+    )  # fmt: skip
     parser.add_argument(
         "--losses", default="auto",
         help="comma-separated losses from l1, mse, perceptual, lpips; 'auto' = l1,mse, plus "
@@ -207,8 +219,10 @@ def _check(args: argparse.Namespace) -> None:
     if args.size < 8:
         raise _UsageError(f"--size must be >= 8 pixels, got {args.size}")
     for flag, value in (("--lr", args.lr), ("--lr-verts", args.lr_verts), ("--sigma", args.sigma)):
-        if not value > 0:
-            raise _UsageError(f"{flag} must be > 0, got {value}")
+        if not (math.isfinite(value) and value > 0):
+            raise _UsageError(f"{flag} must be a finite number > 0, got {value}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.log_every < 1:
         raise _UsageError(f"--log-every must be >= 1, got {args.log_every}")
     if args.config is not None and not Path(args.config).is_file():
@@ -366,25 +380,37 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _check(args)
-    from tritri.fitting.export import load_image_array
-
-    try:
-        target = load_image_array(args.image, args.size)
-    except (FileNotFoundError, ValueError) as err:
-        raise _UsageError(str(err)) from None
+    target = _read_target(args)
     if _cpu_fit_applies(args):
         return _run_cpu(args, target)
     return _run_torch(args, target)
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
+def _read_target(args: argparse.Namespace):
+    """The (3, H, W) numpy target; its notes (frames, transparency, size) said on stderr."""
+    from tritri.fitting.images import read_image
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _UsageError(f"--out: cannot create {str(out)!r}: {err}") from None
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    return out
+        image = read_image(args.image, args.size, upscale=args.upscale)
+    except (FileNotFoundError, ValueError) as err:
+        raise _UsageError(str(err)) from None
+    for note in image.notes:
+        _note(note)
+    w, h = image.source_size
+    if max(w, h) < args.size and not args.upscale:
+        name = args.image if args.image is not None else "the sample image"
+        _note(f"{name} is {w}x{h}: fitting it at that size (--upscale enlarges it to --size "
+              f"{args.size})")  # fmt: skip
+    return image.pixels
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    from tritri.fitting.outputs import prepare_out_dir
+
+    try:
+        return prepare_out_dir(args.out)
+    except ValueError as err:
+        raise _UsageError(f"--out: {err}") from None
 
 
 def _announce(args, target, n_keep: int, names, balancer: str, device: str, start: str,
@@ -416,51 +442,33 @@ def _write_outputs(
     args: argparse.Namespace, out: Path, target, image, values: dict[str, Any], result: Any,
     names, start_psnr: float, t0: float,
 ) -> int:  # fmt: skip
-    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status.
-    ``target``, ``image``: (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
-    from tritri.fitting.export import save_comparison, save_png, save_svg
-    from tritri.fitting.loss_plot import save_loss_plot
-    from tritri.fitting.starts import write_triangles_json
+    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status
+    (0; 1 when an output could not be written; 130 after a Ctrl-C). ``target``, ``image``:
+    (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
+    from tritri.fitting.outputs import FitOutputs, write_outputs
 
     if result.interrupted:
         _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
-    _, H, W = target.shape
-    files = [
-        save_png(image, out / "final.png"),
-        save_comparison(target, image, out / "comparison.png"),
-    ]
-    files.append(
-        save_svg(
-            values["verts"], values["colors"], values["opacity"], values["background"],
-            out / "triangles.svg", width=W, height=H,
-            title=f"tritri fit: {len(values['opacity'])} triangles, PSNR {result.psnr:.2f} dB",
-            sigma=args.sigma,
-        )
+    fit = FitOutputs(
+        target=target, image=image, values=values, sigma=args.sigma, psnr=result.psnr,
+        steps=result.steps, best_step=result.best_step, losses=names,
+        image_name=os.fspath(args.image) if args.image is not None else "astronaut.png",
+        history=result.history,
     )  # fmt: skip
-    extra = {
-        "psnr": round(result.psnr, 4),
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "losses": list(names),
-        "image": os.fspath(args.image) if args.image is not None else "astronaut.png",
-    }
-    files.append(
-        write_triangles_json(
-            values, out / "triangles.json", width=W, height=H, sigma=args.sigma, extra=extra
-        )
-    )
-    files.append(out / "metrics.jsonl")
-    # the records just written to metrics.jsonl, kept by the loop: no need to read them back
-    plot = save_loss_plot(result.history, out / "loss.png", title="tritri fit")
-    if plot is not None:
-        files.append(plot)
+    done = write_outputs(out, fit)
+    for name, reason in done.failed:
+        print(f"{_PROG}: error: could not write {out / name}: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
+    files = ", ".join(str(f) for f in done.files) or "nothing"
+    stop = "; interrupted while writing the outputs" if done.interrupted else ""
     _note(
         f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
-        f"{best} in {seconds:.1f} s; wrote {', '.join(str(f) for f in files)}"
+        f"{best} in {seconds:.1f} s{stop}; wrote {files}"
     )
-    return 130 if result.interrupted else 0
+    if result.interrupted or done.interrupted:
+        return 130
+    return 1 if done.failed else 0
 
 
 def _warmup(args: argparse.Namespace) -> float:

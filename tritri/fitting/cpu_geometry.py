@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from tritri.cpu.numba_cache import njit
 from tritri.thresholds import ALPHA_MIN, AREA2_MIN, CULL_SLACK
 
-_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+_OPTS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 
 @njit(**_OPTS)

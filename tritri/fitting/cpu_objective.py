@@ -16,10 +16,10 @@ thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from tritri.cpu.numba_cache import njit
 
 _OPTS = {
-    "cache": True,
     "nogil": True,
     "error_model": "numpy",
     "boundscheck": False,

@@ -13,9 +13,10 @@ resolve either way, and either triangulation is Delaunay.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+from tritri.cpu.numba_cache import njit
+
+_OPTS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 
 @njit(**_OPTS)

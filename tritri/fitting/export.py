@@ -1,4 +1,5 @@
-"""Images in and out of a fit: load the target, write PNGs, the side-by-side comparison and SVG.
+"""Images out of a fit: PNGs, the side-by-side comparison and the SVG (and, re-exported from
+:mod:`tritri.fitting.images`, the target's loader).
 
 Torch-free at import: the writers take torch tensors or numpy arrays; only :func:`load_image`
 (which returns a tensor) imports torch.
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from tritri.fitting.files import atomic_path
+from tritri.fitting.images import SAMPLE_IMAGE, load_image, load_image_array, sample_image_path
 from tritri.fitting.numeric import as_numpy
 
 if TYPE_CHECKING:
@@ -31,71 +33,23 @@ __all__ = [
     "to_uint8",
 ]
 
-#: File name of the bundled sample image in ``tritri/data`` (see ``tritri/data/SOURCE.md``).
-SAMPLE_IMAGE = "astronaut.png"
-
-
-def sample_image_path() -> Path:
-    """Path of the bundled sample photograph (NASA, public domain; see tritri/data/SOURCE.md)."""
-    return Path(str(resources.files("tritri") / "data" / SAMPLE_IMAGE))
-
-
-def load_image_array(path: str | os.PathLike[str] | None, size: int | None = None) -> np.ndarray:
-    """Read an image as a ``(3, H, W)`` float32 numpy array in [0, 1].
-
-    Args:
-        path: any format Pillow reads (EXIF orientation applied, alpha dropped, grey expanded
-            to RGB); None for the bundled sample image.
-        size: resize (Lanczos) so that the longest side is ``size`` pixels, keeping the aspect
-            ratio; None keeps the file's size.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: not an image Pillow can read.
-    """
-    path = sample_image_path() if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {str(path)!r}")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as an image ({err})") from err
-    if size is not None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        w, h = im.size
-        scale = size / max(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if new != im.size:
-            im = im.resize(new, Image.LANCZOS)
-    arr = np.array(im, dtype=np.float32) / 255.0  # (H, W, 3)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def load_image(path: str | os.PathLike[str] | None, size: int | None = None) -> Tensor:
-    """Read an image as a ``(3, H, W)`` float32 tensor in [0, 1] (:func:`load_image_array` as a
-    CPU tensor; same arguments and errors)."""
-    import torch
-
-    return torch.from_numpy(load_image_array(path, size))
-
-
 #: zlib level of the PNGs written here: 1 encodes a 516x256 comparison 3.4x faster than Pillow's
 #: default (6) for 9 % more bytes (8 vs 26 ms: a CPU fit takes about 2 s).
 PNG_COMPRESS_LEVEL = 1
 
 
 def to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
-    """``(3, H, W)`` tensor or array in [0, 1] -> ``(H, W, 3)`` uint8 array."""
-    arr = np.clip(as_numpy(image), 0.0, 1.0).transpose(1, 2, 0)
+    """``(3, H, W)`` tensor or array in [0, 1] -> ``(H, W, 3)`` uint8 array (NaN -> 0)."""
+    arr = np.clip(np.nan_to_num(as_numpy(image), nan=0.0), 0.0, 1.0).transpose(1, 2, 0)
     return (arr * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
 def save_png(image: Tensor | np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write a ``(3, H, W)`` image in [0, 1] as PNG."""
-    path = Path(path)
-    Image.fromarray(to_uint8(image)).save(path, compress_level=PNG_COMPRESS_LEVEL)
-    return path
+    """Write a ``(3, H, W)`` image in [0, 1] as PNG (atomically: :mod:`tritri.fitting.files`)."""
+    pixels = Image.fromarray(to_uint8(image))
+    with atomic_path(path) as tmp:
+        pixels.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return Path(path)
 
 
 def save_comparison(
@@ -104,7 +58,8 @@ def save_comparison(
     path: str | os.PathLike[str],
     gap: int = 4,
 ) -> Path:
-    """Write ``target | fit`` side by side (white ``gap`` pixels between them) as PNG."""
+    """Write ``target | fit`` side by side (white ``gap`` pixels between them) as PNG
+    (atomically)."""
     a, b = to_uint8(target), to_uint8(fit)
     if a.shape != b.shape:
         raise ValueError(f"target {a.shape} and fit {b.shape} differ in size")
@@ -112,13 +67,15 @@ def save_comparison(
     canvas = np.full((h, 2 * w + gap, 3), 255, dtype=np.uint8)
     canvas[:, :w] = a
     canvas[:, w + gap :] = b
-    path = Path(path)
-    Image.fromarray(canvas).save(path, compress_level=PNG_COMPRESS_LEVEL)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return Path(path)
 
 
 def _rgb(color: np.ndarray) -> str:
-    r, g, b = (int(round(float(c) * 255)) for c in np.clip(color, 0.0, 1.0))
+    """``#rrggbb`` of an RGB in [0, 1] (clipped; NaN as 0)."""
+    color = np.clip(np.nan_to_num(np.asarray(color, np.float64), nan=0.0), 0.0, 1.0)
+    r, g, b = (int(round(float(c) * 255)) for c in color)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -180,8 +137,14 @@ def save_svg(
     ``verts`` are normalized ``(N, 3, 2)``; the SVG is ``width`` x ``height`` pixels. With
     ``sigma`` (the render's edge softness, px) each triangle is a group of nested polygons through
     one shared Gaussian blur filter (see ``SVG_LEVELS``), so the vector image has the render's soft
-    edges; without it each triangle is one hard-edged polygon.
+    edges; without it each triangle is one hard-edged polygon. A triangle with a non-finite
+    position is left out; non-finite colors and opacities are drawn as 0. Written atomically.
+
+    Raises:
+        ValueError: ``sigma`` not None and not a finite number > 0.
     """
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be None or a finite number > 0 (pixels), got {sigma!r}")
 
     v = as_numpy(verts, np.float64) * np.array([width, height], dtype=np.float64)
     c, o, bg = (as_numpy(x, np.float64) for x in (colors, opacity, background))
@@ -206,7 +169,7 @@ def save_svg(
     for tri, color, alpha in zip(v, c, o, strict=True):
         if not np.isfinite(tri).all():
             continue
-        a = float(np.clip(alpha, 0.0, 0.99))
+        a = float(np.clip(np.nan_to_num(alpha, nan=0.0), 0.0, 0.99))
         fill = _rgb(color)
         if soft:
             parts = [f'<g fill="{fill}" filter="url(#soft)">']
@@ -218,6 +181,6 @@ def save_svg(
             points = " ".join(f"{x:.2f},{y:.2f}" for x, y in tri)
             lines.append(f'<polygon points="{points}" fill="{fill}" fill-opacity="{a:.3f}"/>')
     lines.append("</svg>")
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(path)

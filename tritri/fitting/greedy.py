@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
-_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+from tritri.cpu.numba_cache import njit
+
+_OPTS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 #: Opacities a placed triangle may take (the best is chosen per candidate).
 ALPHAS = np.array([0.25, 0.5, 0.75, 0.95])

@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from tritri.fitting.files import atomic_path
+
 __all__ = ["save_loss_plot"]
 
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
@@ -85,7 +87,8 @@ def save_loss_plot(
 ) -> Path | None:
     """Draw the PSNR and loss curves of ``records`` (metrics.jsonl records) to the PNG ``path``.
 
-    Returns the path, or None when there is nothing to draw.
+    Returns the path, or None when there is nothing to draw (then nothing is written). Written
+    atomically (:mod:`tritri.fitting.files`).
     """
     names = sorted({k for r in records for k in r if k.startswith("loss/")})
     losses = {n.split("/", 1)[1]: _series(records, n, log=True) for n in names}
@@ -99,6 +102,6 @@ def save_loss_plot(
     _panel(draw, _PANEL_W, "losses (log scale)", losses, True, font)
     if title:
         draw.text((8, _PANEL_H), title, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    image.save(path)
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

@@ -21,13 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from tritri.fitting.files import atomic_path
 from tritri.fitting.numeric import as_numpy
 
 __all__ = [
     "JSON_FORMAT",
     "JSON_VERSION",
     "VALUE_KEYS",
+    "MAX_JSON_BYTES",
     "check_triangle_shapes",
+    "check_triangle_values",
     "delaunay_start",
     "greedy_start",
     "random_start",
@@ -41,6 +44,12 @@ JSON_VERSION = 1
 
 #: The keys of a values dict, in the order :class:`TriangleParams` takes them.
 VALUE_KEYS = ("verts", "colors", "opacity", "background")
+
+#: Largest ``triangles.json`` read (bytes): about 2.5 million triangles at ~100 bytes each. A
+#: larger file is refused before it is read (parsing JSON takes about twice its size in memory).
+MAX_JSON_BYTES = 256 * 2**20
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _image(target: Any) -> np.ndarray:
@@ -220,10 +229,14 @@ def write_triangles_json(
     "n_triangles", "background": [r, g, b], "verts": [[[x, y] x 3] x N], "colors": [[r, g, b] x N],
     "opacity": [N floats], ...extra}``; numbers rounded to 6 decimals, positions normalized ([0, 1]
     spans the image; multiply by width / height for pixels), colors and opacities in [0, 1], index
-    order = draw order. :func:`read_triangles_json` reads it back.
+    order = draw order. :func:`read_triangles_json` reads it back. Written atomically (a
+    temporary file renamed into place); values :func:`read_triangles_json` would refuse (NaN,
+    infinity, ...) are a ``ValueError`` and nothing is written; non-finite numbers in ``extra``
+    are written as ``null``.
     """
     vals = {k: as_numpy(values[k], np.float64) for k in VALUE_KEYS}
     n = check_triangle_shapes(*(vals[k].shape for k in VALUE_KEYS))
+    check_triangle_values(vals)
     data: dict[str, Any] = {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
@@ -237,18 +250,43 @@ def write_triangles_json(
         "opacity": np.round(vals["opacity"], 6).tolist(),
     }
     if extra:
-        data.update(extra)
-    path = Path(path)
-    path.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    return path
+        data.update({k: _finite_or_none(v) for k, v in extra.items()})
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _numbers(value: Any) -> np.ndarray:
-    """A JSON array of numbers as float32 (TypeError for anything but numbers and booleans)."""
+    """A JSON array of numbers as float64 (TypeError for anything but numbers and booleans)."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"expected numbers, got {arr.dtype} values")
-    return arr.astype(np.float32)
+    return arr.astype(np.float64)
+
+
+def check_triangle_values(values: Mapping[str, Any]) -> None:
+    """Check the numbers of a values dict (module docstring): every one finite and within float32,
+    colors, opacities and the background in [0, 1] (positions may be anywhere). Raises
+    ``ValueError`` naming the first bad one by field and index, e.g.
+    ``colors[3][1] = nan is not a finite number``."""
+    for key in VALUE_KEYS:
+        arr = np.asarray(as_numpy(values[key], np.float64))
+        bad = ~np.isfinite(arr) | (np.abs(arr) > _FLOAT32_MAX)
+        what = "is not a finite number"
+        if not bad.any() and key != "verts":
+            bad = (arr < 0) | (arr > 1)
+            what = "is outside [0, 1]"
+        if bad.any():
+            index = np.unravel_index(int(np.argmax(bad)), arr.shape)
+            where = key + "".join(f"[{int(i)}]" for i in index)
+            raise ValueError(f"{where} = {float(arr[index])!r} {what}")
 
 
 def read_triangles_json(
@@ -258,11 +296,27 @@ def read_triangles_json(
 
     Returns the values (float32 arrays, see the module docstring) and the file's other fields
     (format, version, width, height, sigma, ...). Raises ``ValueError`` with the reason, in one
-    line, when the file is not such a file.
+    line naming the file (and the field, for a bad value), when the file is not such a file: not
+    JSON, over :data:`MAX_JSON_BYTES` (refused unread), of another format or version, of wrong
+    shapes, or holding a value :func:`check_triangle_values` refuses (NaN, infinity, a color or
+    opacity outside [0, 1]).
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:  # refused unread: parsing would take about twice that memory
+            raise ValueError(
+                f"{path} is {size / 2**20:.0f} MB; a triangles.json is at most "
+                f"{MAX_JSON_BYTES // 2**20} MB (about 2.5 million triangles)"
+            )
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+            if head[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark
+                head = head[3:].lstrip()
+            if head[:1] not in (b"{", b"["):  # not JSON: said without reading the rest
+                raise ValueError(f"{path} is not JSON (it does not start with '{{')")
+            f.seek(0)
+            data = json.loads(f.read().decode("utf-8-sig"))
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
     except json.JSONDecodeError as err:
@@ -283,5 +337,10 @@ def read_triangles_json(
         raise ValueError(f"{path}: malformed triangles ({type(err).__name__}: {err})") from err
     if n == 0:
         raise ValueError(f"{path} holds no triangles")
+    try:
+        check_triangle_values(values)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    values = {k: v.astype(np.float32) for k, v in values.items()}
     meta = {k: v for k, v in data.items() if k not in VALUE_KEYS}
     return values, meta

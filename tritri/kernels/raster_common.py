@@ -329,14 +329,22 @@ def pack_triangles(edges: Tensor, bary: Tensor | None, colors: Tensor, opacity: 
 
 def unpack_gradients(g: Tensor, per_vertex: bool, colors_shape: torch.Size):
     """Split gradient rows (B, N, >= K) laid out like the records into (edges (B, N, 9), bary
-    (B, N, 9) or None, colors ``colors_shape``, opacity (B, N)), each contiguous."""
+    (B, N, 9) or None, colors ``colors_shape``, opacity (B, N)), each a contiguous copy.
+
+    Copies, never views: with B = N = 1 every slice of ``g`` counts as contiguous, so
+    ``.contiguous()`` would return views of one buffer, and the ``tritri::rasterize_backward``
+    custom op may not return outputs that alias each other (torch raises)."""
     first_color = 19 if per_vertex else 10
     n_colors = colors_shape[-2] * colors_shape[-1]
+
+    def copy(t: Tensor) -> Tensor:
+        return t.clone(memory_format=torch.contiguous_format)
+
     return (
-        g[..., :9].contiguous(),
-        g[..., 10:19].contiguous() if per_vertex else None,
-        g[..., first_color : first_color + n_colors].reshape(colors_shape).contiguous(),
-        g[..., 9].contiguous(),
+        copy(g[..., :9]),
+        copy(g[..., 10:19]) if per_vertex else None,
+        copy(g[..., first_color : first_color + n_colors].reshape(colors_shape)),
+        copy(g[..., 9]),
     )
 
 
