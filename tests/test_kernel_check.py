@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tritri import kernel_cost
+from tritri.kernels import FP_FUSION
 
 ARCHS = (80, 90)
 
@@ -29,6 +30,8 @@ PER_VERTEX = 1.5
 
 def _check_env(cache: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # Triton's default the other way round: a launcher that does not pin FP fusion shows
+    env["TRITON_DEFAULT_FP_FUSION"] = "0" if FP_FUSION else "1"
     if cache is not None:
         env["TRITON_CACHE_DIR"] = str(cache)
     return env
@@ -192,6 +195,16 @@ def test_lane_shuffles_hold_only_for_rows_along_the_lanes():
     assert not lane_shuffles_hold(lanes.replace("#blocked1>", "#linear>"), 1)  # unknown layout
     assert not lane_shuffles_hold(lanes + lanes.splitlines()[-1].replace("#blocked1", "#b"), 1)
     assert not lane_shuffles_hold("", 1)  # no shuffle: nothing to launch with shuffles
+
+
+def test_every_launch_pins_fp_fusion(check_rows):
+    """The launchers pass enable_fp_fusion (tritri.kernels.FP_FUSION) rather than take Triton's
+    default, which the check runs with the other value: every cubin, read back through its
+    metadata, has FP_FUSION, the raster forward's and backward's alike (the backward replays the
+    forward's decisions)."""
+    for r in check_rows:
+        meta = json.loads(Path(r["cubin"]).with_suffix(".json").read_text())
+        assert meta["enable_fp_fusion"] is FP_FUSION is r["fp_fusion"], (r["kernel"], r["variant"])
 
 
 def test_instructions_per_pair_is_the_hot_loop_over_its_pairs(check_rows):

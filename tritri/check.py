@@ -300,6 +300,7 @@ def _rows(variant: Variant, arch: int) -> list[dict[str, Any]]:
         row.update(
             # the backward's warp-shuffle row sums (None: a kernel without that choice)
             shuffles=launch.kwargs.get("SHUFFLES"),
+            fp_fusion=bool(compiled.metadata.enable_fp_fusion),
             num_warps=launch.num_warps,
             registers=cost.registers,
             spill_bytes=cost.spill_bytes,

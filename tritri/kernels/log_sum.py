@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.kernels import FP_FUSION
 from tritri.tuning import launch_config, register_default
 
 __all__ = ["LOG_SUM_KERNEL", "LOG_SUM_PROBLEM_KEYS", "default_log_sum_config", "log_sum_forward"]
@@ -102,6 +103,7 @@ def log_sum_forward(
         L, e, grad, log_part, reg_part,
         B, K, 1.0 / B, float(min_loss_value), float(regularization_weight),
         BLOCK_B=block_b, BLOCK_K=block_k, num_warps=cfg.get("num_warps", 1),
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return log_part.sum(0), reg_part.sum(0), grad
 

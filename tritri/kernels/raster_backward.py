@@ -31,6 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from tritri.kernel_cost import target_arch
+from tritri.kernels import FP_FUSION
 from tritri.kernels.raster_common import (
     ALPHA_MAX,
     INTERPRETED,
@@ -434,7 +435,8 @@ def raster_backward(
                  K_LOG2=(K - 1).bit_length(),
                  TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
                  DETERMINISTIC=deterministic,
-                 num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex]),
+                 num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
+                 enable_fp_fusion=FP_FUSION),
         )  # fmt: skip
     if deterministic:
         # sum each triangle's contiguous run of partial rows in a fixed order

@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from tritri.kernel_cost import target_arch
+from tritri.kernels import FP_FUSION
 from tritri.kernels.raster_common import (
     REC_OPACITY,
     all_stopped,
@@ -177,6 +178,6 @@ def raster_forward(
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=bary is not None, REC=rec.shape[-1],
             TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
-            num_warps=num_warps, num_stages=1, maxnreg=cap,
+            num_warps=num_warps, num_stages=1, maxnreg=cap, enable_fp_fusion=FP_FUSION,
         )  # fmt: skip
     return out_color, out_T
