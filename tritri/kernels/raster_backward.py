@@ -340,7 +340,9 @@ def _lane_shuffles(grid: tuple[int], args: tuple, kwargs: dict) -> bool:
     if INTERPRETED.value:
         return True
     compiled = raster_backward_kernel.warmup(*args, grid=grid, SHUFFLES=True, **kwargs)
-    if compiled is None:  # tritri.kernel_cost.capture_launches without a target
+    if hasattr(compiled, "result"):  # compiled under triton's AsyncCompileMode: a future
+        compiled = compiled.result()
+    if compiled is None:  # no kernel to inspect (capture_launches without a target, a cache hook)
         return False
     shuffles = getattr(compiled, "_tritri_lane_shuffles", None)
     if shuffles is None:
