@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tritri.kernels import FP_FUSION
 from tritri.tuning import kernel_cost
 
 ARCHS = (80, 90)
@@ -29,6 +30,8 @@ PER_VERTEX = 1.5
 
 def _check_env(cache: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # Triton's default the other way round: a launcher that does not pin FP fusion shows
+    env["TRITON_DEFAULT_FP_FUSION"] = "0" if FP_FUSION else "1"
     if cache is not None:
         env["TRITON_CACHE_DIR"] = str(cache)
     return env
@@ -44,6 +47,8 @@ def check_rows(tmp_path_factory) -> list[dict]:
         env=_check_env(), capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # a clean exit (triton 3.9's nanobind reported leaked objects after tritri's exit-time freeze)
+    assert "leaked" not in proc.stderr, proc.stderr[-4000:]
     rows = json.loads(out.read_text())
     assert rows, "tritri check wrote no rows"
     return rows
@@ -120,12 +125,21 @@ def test_rows_agree_with_cuobjdump(check_rows):
         assert arch is None or int(arch.group(1)) == r["arch"]
 
 
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    return tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
+
+
 def test_backward_shuffles_run_along_the_lanes(check_rows):
     """The backward sums a triangle's gradient row with butterfly shuffles in inline PTX, which
     assume that axis 2 of the walk's [1, WARPS, 32] blocks is the warp's 32 lanes. The interpreter
-    cannot check that (it emulates the shuffle by index); the compiled layout can: every shuffle
-    operand is one float per thread, 32 threads along axis 2, the warps along axis 1. A row of K
-    columns takes 2**ceil(log2 K) - 1 shuffles, plus one per lane bit above that."""
+    cannot check that (it emulates the shuffle by index); the compiled layout can. Every launch
+    ``tritri check`` compiles is the launcher's own choice: with shuffles, every shuffle operand
+    is one float per thread, 32 threads along axis 2, the warps along axis 1 (a row of K columns
+    takes 2**ceil(log2 K) - 1 shuffles, plus one per lane bit above that); without (the launcher
+    found another layout: triton 3.6), no shuffle is left and each column is a reduction along
+    axis 2, which the compiler lowers right whatever the layout."""
     rows = [r for r in check_rows if r["kernel"] == "raster_backward_kernel"]
     assert rows
     for r in rows:
@@ -134,17 +148,65 @@ def test_backward_shuffles_run_along_the_lanes(check_rows):
         shuffles = re.findall(
             r'"shfl\.sync\.bfly\.b32 [^"]*".*?: tensor<1x(\d+)x32xf32, (#blocked\d*)> ->', ttgir
         )
+        axis2_sums = re.findall(r'"tt\.reduce"\(.*\) <\{axis = 2 : i32\}>', ttgir)
         C = int(re.search(r"C=(\d)", r["variant"]).group(1))
         K = 19 + 3 * C if r["variant"].startswith("per-vertex") else 10 + C
         log2 = (K - 1).bit_length()
-        assert len(shuffles) == 2**log2 - 1 + 5 - log2, r["variant"]
         warps = r["config"]["num_warps"]
+        assert r["shuffles"] in (True, False), r["variant"]
+        if not r["shuffles"]:
+            assert ttgir.count("shfl.sync") == 0, r["variant"]
+            assert len(axis2_sums) >= K, r["variant"]  # one per column (and the early exit's)
+            continue
+        assert ttgir.count("shfl.sync.bfly") == len(shuffles), r["variant"]
+        assert len(shuffles) == 2**log2 - 1 + 5 - log2, r["variant"]
         for n, name in shuffles:
             assert int(n) == warps
             layout = layouts[name]
             assert "sizePerThread = [1, 1, 1]" in layout, layout
             assert "threadsPerWarp = [1, 1, 32]" in layout, layout
             assert f"warpsPerCTA = [1, {warps}, 1]" in layout, layout
+    if _triton_version() >= (3, 7):
+        # these compilers lay the rows along the lanes: the fast path is what the budgets measure
+        assert all(r["shuffles"] for r in rows), [r["variant"] for r in rows if not r["shuffles"]]
+
+
+# A shuffle as triton 3.6 compiles the backward (the rows spread over 4 lanes x 8 registers) and
+# as 3.7 does (one float per lane), cut from their TTGIR.
+_TTGIR_36 = """#blocked = #ttg.blocked<{sizePerThread = [1, 1, 1], threadsPerWarp = [8, 1, 4], \
+warpsPerCTA = [1, 1, 1], order = [0, 1, 2]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 1, 1], threadsPerWarp = [1, 1, 32], \
+warpsPerCTA = [1, 1, 1], order = [2, 1, 0]}>
+  %1 = tt.elementwise_inline_asm "shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;" {constraints = \
+"=r,r", packed_element = 1 : i32, pure = true} %0 : tensor<1x1x32xf32, #blocked> -> \
+tensor<1x1x32xf32, #blocked> loc(#loc5)
+"""
+
+
+def test_lane_shuffles_hold_only_for_rows_along_the_lanes():
+    from tritri.kernels.raster_backward import lane_shuffles_hold
+
+    lanes = _TTGIR_36.replace("tensor<1x1x32xf32, #blocked>", "tensor<1x1x32xf32, #blocked1>")
+    assert lane_shuffles_hold(lanes, 1)
+    assert not lane_shuffles_hold(_TTGIR_36, 1)  # triton 3.6's layout
+    assert not lane_shuffles_hold(lanes, 2)  # the warps are not along axis 1
+    assert not lane_shuffles_hold(lanes.replace("sizePerThread = [1, 1, 1]", "sizePerThread = "
+                                                "[1, 1, 2]"), 1)  # fmt: skip
+    two_warps = lanes.replace("warpsPerCTA = [1, 1, 1]", "warpsPerCTA = [1, 2, 1]")
+    assert lane_shuffles_hold(two_warps.replace("1x1x32", "1x2x32"), 2)
+    assert not lane_shuffles_hold(lanes.replace("#blocked1>", "#linear>"), 1)  # unknown layout
+    assert not lane_shuffles_hold(lanes + lanes.splitlines()[-1].replace("#blocked1", "#b"), 1)
+    assert not lane_shuffles_hold("", 1)  # no shuffle: nothing to launch with shuffles
+
+
+def test_every_launch_pins_fp_fusion(check_rows):
+    """The launchers pass enable_fp_fusion (tritri.kernels.FP_FUSION) rather than take Triton's
+    default, which the check runs with the other value: every cubin, read back through its
+    metadata, has FP_FUSION, the raster forward's and backward's alike (the backward replays the
+    forward's decisions)."""
+    for r in check_rows:
+        meta = json.loads(Path(r["cubin"]).with_suffix(".json").read_text())
+        assert meta["enable_fp_fusion"] is FP_FUSION is r["fp_fusion"], (r["kernel"], r["variant"])
 
 
 def test_instructions_per_pair_is_the_hot_loop_over_its_pairs(check_rows):

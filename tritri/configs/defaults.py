@@ -84,8 +84,9 @@ LEVEL_KERNELS = ("loss_level_forward", "loss_level_backward")
 LEVEL_PROBLEM_KEYS = ("batch", "channels", "pixels")
 #: Largest channel count handled as one register tile (every VGG16 level has C <= 512).
 LEVEL_MAX_SINGLE_TILE_C = 512
-#: Target elements per (C, BLOCK_P) tile of one operand.
-LEVEL_TILE_ELEMS = 8192
+#: Target elements per (C, BLOCK_P) tile of one operand, and per thread (see level_default).
+LEVEL_TILE_ELEMS = 4096
+LEVEL_THREAD_ELEMS = 16
 
 
 def level_default(problem: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,8 +94,16 @@ def level_default(problem: Mapping[str, Any]) -> dict[str, Any]:
 
     Problem keys: ``batch``, ``channels`` (C), ``pixels`` (H*W). Config keys: ``BLOCK_C`` (channels
     per tile; ``>= C`` means one register tile, each element loaded once), ``BLOCK_P`` (pixels per
-    program), ``num_warps``. About 8192 elements per operand tile, at least 16 pixels (64-byte rows
-    in NCHW), at most 256.
+    program), ``num_warps``. About 4096 elements per operand tile, at least 16 pixels (64-byte rows
+    in NCHW), at most 256, and 2 to 8 warps, 16 elements of each operand per thread where that
+    fits (C = 512 has 32: its 16-pixel floor makes an 8192-element tile, and 16 warps would cap
+    ptxas at 128 registers).
+
+    Why 16 per thread (``tritri check``, triton 3.7-3.9, sm_80 / sm_90): the backward holds F, T
+    and the gradient tile at once; at 32 elements per thread (the former 8192-element tiles) it
+    took 128-222 registers and ptxas squeezed perceptual + LPIPS at C = 64 to 128 to keep two
+    blocks resident, spilling 8 B with triton 3.8 on sm_90; at 16 it takes 60-80 (C = 64 to 1024)
+    and the forward 64 instead of ~100, twice the resident warps.
     """
     c = int(problem["channels"])
     p = int(problem["pixels"])
@@ -102,7 +111,7 @@ def level_default(problem: Mapping[str, Any]) -> dict[str, Any]:
     block_p = max(16, min(256, LEVEL_TILE_ELEMS // block_c))
     block_p = max(16, min(block_p, _next_pow2(p)))
     tile = block_c * block_p
-    num_warps = 8 if tile >= 8192 else (4 if tile >= 2048 else 2)
+    num_warps = max(2, min(8, tile // (32 * LEVEL_THREAD_ELEMS)))
     return {"BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps}
 
 

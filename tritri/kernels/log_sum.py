@@ -20,6 +20,7 @@ from torch import Tensor
 
 from tritri.configs.defaults import LOG_SUM_KERNEL, LOG_SUM_PROBLEM_KEYS
 from tritri.configs.lookup import launch_config
+from tritri.kernels import FP_FUSION
 
 __all__ = ["LOG_SUM_KERNEL", "LOG_SUM_PROBLEM_KEYS", "log_sum_forward"]
 
@@ -87,5 +88,6 @@ def log_sum_forward(
         L, e, grad, log_part, reg_part,
         B, K, 1.0 / B, float(min_loss_value), float(regularization_weight),
         BLOCK_B=block_b, BLOCK_K=block_k, num_warps=cfg.get("num_warps", 1),
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return log_part.sum(0), reg_part.sum(0), grad

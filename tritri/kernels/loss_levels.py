@@ -36,6 +36,7 @@ from torch import Tensor
 
 from tritri.configs.defaults import LEVEL_KERNELS, LEVEL_PROBLEM_KEYS
 from tritri.configs.lookup import launch_config
+from tritri.kernels import FP_FUSION
 
 __all__ = [
     "LEVEL_KERNELS",
@@ -292,7 +293,7 @@ def level_losses_forward(
         f_sn, f_sc, f_sp, t_sn, t_sc, t_sp, float(eps),
         DO_PERC=do_perc, DO_LPIPS=do_lpips, MSE=mse,
         BLOCK_C=block_c, BLOCK_P=block_p, SINGLE_TILE=block_c >= C,
-        num_warps=cfg.get("num_warps", 4),
+        num_warps=cfg.get("num_warps", 4), enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return (perc.sum(1) if do_perc else None), (lp.sum(1) if do_lpips else None)
 
@@ -332,6 +333,6 @@ def level_losses_backward(
         f_sn, f_sc, f_sp, t_sn, t_sc, t_sp, d_sn, d_sc, d_sp, float(eps),
         DO_PERC=do_perc, DO_LPIPS=do_lpips, MSE=mse,
         BLOCK_C=block_c, BLOCK_P=block_p, SINGLE_TILE=block_c >= C,
-        num_warps=cfg.get("num_warps", 4),
+        num_warps=cfg.get("num_warps", 4), enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return df

@@ -23,11 +23,14 @@ pair and t the transmittance before it:
 
 from __future__ import annotations
 
+import re
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.kernels import FP_FUSION
 from tritri.kernels.arch import target_arch
 from tritri.kernels.raster_common import (
     ALPHA_MAX,
@@ -59,9 +62,12 @@ from tritri.kernels.raster_common import (
 def _xor_lanes(x, OFFSET: tl.constexpr):
     """``x`` [1, WARPS, 32] as held by lane ``lane ^ OFFSET`` of the same warp: one butterfly
     shuffle (``shfl.sync.bfly`` with an immediate offset; ``tl.gather`` would keep a lane-index
-    register per offset live through the walk). Axis 2 of the walk's blocks is the warp's lanes
-    (blocked layout threadsPerWarp [1, 1, 32]; ``tests/test_kernel_check.py`` holds the compiled
-    kernels to it). The interpreter has no lanes: it gathers along axis 2."""
+    register per offset live through the walk). That is ``x`` at index ``k ^ OFFSET`` of axis 2
+    only where index k of axis 2 is lane k and each thread holds one element: blocked layout
+    sizePerThread [1, 1, 1], threadsPerWarp [1, 1, 32], warpsPerCTA [1, WARPS, 1]. Triton does
+    not promise that layout (3.6 gives these operands threadsPerWarp [8, 1, 4]): the launcher
+    checks it in the compiled kernel (:func:`lane_shuffles_hold`) before launching one with
+    shuffles. The interpreter has no lanes: it gathers along axis 2."""
     if INTERPRETED:
         lane = tl.arange(0, 32)[None, None, :]
         out = tl.gather(x, tl.broadcast_to(lane ^ OFFSET, x.shape), axis=2)
@@ -93,27 +99,38 @@ def _pair(lo, hi_col, OFF: tl.constexpr):
 
 
 @triton.jit
-def _lane_sums(cols, LOG2: tl.constexpr):
+def _lane_sums(cols, LOG2: tl.constexpr, SHUFFLES: tl.constexpr):
     """Per-warp sums of the columns ``cols`` (a tuple of at most 2**LOG2 <= 32 in-thread partial
-    sums, each [1, WARPS, 32]) as one [1, WARPS, 32] row: lane k holds the warp's sum of column k.
+    sums, each [1, WARPS, 32]) as one [1, WARPS, 32] row: index k of axis 2 holds the warp's sum
+    of column k.
 
-    A transposing butterfly: at each level every lane keeps half of its columns, sends the other
-    half to its partner and adds what it receives, so the sums of K columns cost 2**LOG2 - 1 +
-    (5 - LOG2) shuffles instead of 5 K (one warp reduction per column).
+    ``SHUFFLES``: a transposing butterfly of warp shuffles (:func:`_xor_lanes`): at each level
+    every lane keeps half of its columns, sends the other half to its partner and adds what it
+    receives, so the sums of K columns cost 2**LOG2 - 1 + (5 - LOG2) shuffles instead of 5 K (one
+    warp reduction per column). Right only where the compiler lays the rows along the lanes
+    (:func:`lane_shuffles_hold`). Not ``SHUFFLES``: one ``tl.sum`` along axis 2 per column, right
+    whatever the layout (the fallback; it takes 7-53 more instructions per pair with triton 3.9,
+    and unlike a butterfly of ``tl.gather`` it does not spill at the default configs).
     """
     tl.static_assert((LOG2 >= 1) and (LOG2 <= 5), "a row holds 2 to 32 columns, one per lane")
-    OFF: tl.constexpr = 1 << (LOG2 - 1)
-    vals = ()
-    for i in tl.static_range(OFF):
-        if i + OFF < len(cols):
-            vals = vals + (_pair(cols[i], cols[i + OFF], OFF),)
-        else:  # column i + OFF is past the last: zero
-            vals = vals + (_pair(cols[i], 0.0, OFF),)
-    for level in tl.static_range(1, LOG2):
-        vals = _butterfly_level(vals, OFF >> level)
-    row = vals[0]
-    for level in tl.static_range(5 - LOG2):  # lanes past 2**LOG2 hold partial sums of the same
-        row += _xor_lanes(row, (1 << LOG2) << level)  # columns: add them in
+    if SHUFFLES:
+        OFF: tl.constexpr = 1 << (LOG2 - 1)
+        vals = ()
+        for i in tl.static_range(OFF):
+            if i + OFF < len(cols):
+                vals = vals + (_pair(cols[i], cols[i + OFF], OFF),)
+            else:  # column i + OFF is past the last: zero
+                vals = vals + (_pair(cols[i], 0.0, OFF),)
+        for level in tl.static_range(1, LOG2):
+            vals = _butterfly_level(vals, OFF >> level)
+        row = vals[0]
+        for level in tl.static_range(5 - LOG2):  # lanes past 2**LOG2 hold partial sums of the
+            row += _xor_lanes(row, (1 << LOG2) << level)  # same columns: add them in
+    else:
+        lane = tl.arange(0, 32)[None, None, :]
+        row = tl.zeros_like(cols[0])
+        for k in tl.static_range(len(cols)):
+            row = tl.where(lane == k, tl.sum(cols[k], axis=2)[:, :, None], row)
     return row
 
 
@@ -149,7 +166,7 @@ def _color_cols(g_color, weight):
 def _backward_item(
     rec, grad_row, px0, py, dx, g_color, T, thr, rem,
     C: tl.constexpr, PER_VERTEX: tl.constexpr, WARPS: tl.constexpr, REC: tl.constexpr,
-    K: tl.constexpr, K_LOG2: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    K: tl.constexpr, K_LOG2: tl.constexpr, DETERMINISTIC: tl.constexpr, SHUFFLES: tl.constexpr,
 ):  # fmt: skip
     """Replay the triangle of record ``rec`` against the pixels' state (T, thresholds, ``rem``)
     and write its gradients for this tile to ``grad_row``.
@@ -199,7 +216,7 @@ def _backward_item(
         cols = cols + _color_cols(g_color, scale * r2)
     else:
         cols = cols + _color_cols(g_color, vis)
-    row = _lane_sums(cols, K_LOG2)  # [1, WARPS, 32]: lane k holds column k
+    row = _lane_sums(cols, K_LOG2, SHUFFLES)  # [1, WARPS, 32]: lane k holds column k
 
     lane = tl.arange(0, 32)[None, None, :]
     if DETERMINISTIC:
@@ -218,12 +235,15 @@ def raster_backward_kernel(
     C: tl.constexpr, PER_VERTEX: tl.constexpr, REC: tl.constexpr, STRIDE: tl.constexpr,
     K: tl.constexpr, K_LOG2: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
     WARPS: tl.constexpr, LIST: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    SHUFFLES: tl.constexpr,
 ):  # fmt: skip
     """rec, cull, lists and scan flags as the forward; color/T its outputs and grad_color/grad_T
     their gradients. STRIDE is the records' row stride: 2 * REC with atomics, each record followed
     by its triangle's gradient row (one pointer serves both); REC when deterministic, with
     ``grad`` the (pairs, K) per-pair partial rows indexed by slot. K_LOG2 = ceil(log2(K)) (the K
-    <= 32 columns of a row sit one per lane). Launch with num_warps=WARPS."""
+    <= 32 columns of a row sit one per lane). SHUFFLES: the row sums are a butterfly of warp
+    shuffles, valid only where the compiler lays the rows out along the lanes (:func:`_lane_sums`;
+    the launcher decides). Launch with num_warps=WARPS."""
     PPT: tl.constexpr = TILE * TILE // (32 * WARPS)
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tiles
@@ -259,7 +279,7 @@ def raster_backward_kernel(
                 T, thr, rem = _backward_item(
                     rec_img + n * STRIDE, rec_img + n * STRIDE + REC, px0, py, dx, g_color, T,
                     thr, rem,
-                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC,
+                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC, SHUFFLES,
                 )  # fmt: skip
             it += 32
         else:
@@ -273,11 +293,68 @@ def raster_backward_kernel(
                     grad_row = rec_img + n * STRIDE + REC
                 T, thr, rem = _backward_item(
                     rec_img + n * STRIDE, grad_row, px0, py, dx, g_color, T, thr, rem,
-                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC,
+                    C, PER_VERTEX, WARPS, REC, K, K_LOG2, DETERMINISTIC, SHUFFLES,
                 )  # fmt: skip
                 pos -= 1
             it += CHUNK
         go = (it < n_items) & (all_stopped(thr) == 0)
+
+
+# A shuffle in the compiled TTGIR: its operand type [1, WARPS, 32] and layout alias.
+_SHUFFLE_OPERAND = re.compile(
+    r'"shfl\.sync\.bfly\.b32 [^"]*"[^\n]*?:\s*tensor<1x(\d+)x32xf32,\s*(#[\w.]+)>\s*->'
+)
+_LAYOUT_ALIAS = re.compile(r"^(#[\w.]+) = (#\w+\.blocked<\{.*\}>)\s*$", re.M)
+
+
+def lane_shuffles_hold(ttgir: str, num_warps: int) -> bool:
+    """Whether every butterfly shuffle of a backward kernel compiled with ``SHUFFLES`` reads its
+    partner where the kernel assumes (:func:`_xor_lanes`): its [1, num_warps, 32] operand in a
+    blocked layout with sizePerThread [1, 1, 1], threadsPerWarp [1, 1, 32] and warpsPerCTA
+    [1, num_warps, 1] (one CTA). Anything else, or TTGIR this cannot read, is False."""
+    count = ttgir.count('"shfl.sync.bfly.b32 ')
+    operands = _SHUFFLE_OPERAND.findall(ttgir)
+    if count == 0 or len(operands) != count:
+        return False
+    layouts = dict(_LAYOUT_ALIAS.findall(ttgir))
+    want = {"sizePerThread": "1, 1, 1", "threadsPerWarp": "1, 1, 32",
+            "warpsPerCTA": f"1, {num_warps}, 1"}  # fmt: skip
+    for warps, alias in operands:
+        fields = dict(re.findall(r"(\w+) = \[([\d, ]*)\]", layouts.get(alias, "")))
+        if int(warps) != num_warps or any(fields.get(k) != v for k, v in want.items()):
+            return False
+        if any(fields.get(k, "1, 1, 1") != "1, 1, 1" for k in ("CTAsPerCGA", "CTASplitNum")):
+            return False
+    return True
+
+
+def _lane_shuffles(grid: tuple[int], args: tuple, kwargs: dict) -> bool:
+    """Whether to launch the backward with ``SHUFFLES`` (:func:`_lane_sums`).
+
+    Compiled: the kernel is compiled with ``SHUFFLES`` first (``warmup``: Triton's cache lookup,
+    or the compile, without a launch) and its TTGIR checked (:func:`lane_shuffles_hold`, once per
+    compiled kernel), so a kernel whose shuffles would read the wrong lanes is never launched:
+    the launch runs without them instead (slower, right whatever the layout). Interpreted: yes
+    (the interpreter runs the butterfly with exact lane exchanges, :func:`_xor_lanes`).
+    """
+    if INTERPRETED.value:
+        return True
+    compiled = raster_backward_kernel.warmup(*args, grid=grid, SHUFFLES=True, **kwargs)
+    if hasattr(compiled, "result"):  # compiled under triton's AsyncCompileMode: a future
+        compiled = compiled.result()
+    if compiled is None:  # no kernel to inspect (capture_launches without a target, a cache hook)
+        return False
+    shuffles = getattr(compiled, "_tritri_lane_shuffles", None)
+    if shuffles is None:
+        shuffles = lane_shuffles_hold(compiled.asm["ttgir"], kwargs["num_warps"])
+        compiled._tritri_lane_shuffles = shuffles
+    return shuffles
+
+
+def _launch(grid: tuple[int], args: tuple, kwargs: dict) -> None:
+    """Launch the backward kernel, with warp shuffles where :func:`_lane_shuffles` allows."""
+    shuffles = _lane_shuffles(grid, args, kwargs)
+    raster_backward_kernel[grid](*args, SHUFFLES=shuffles, **kwargs)
 
 
 MAX_REGISTERS = {False: 128, True: 192}
@@ -352,14 +429,16 @@ def raster_backward(
     for list_walk, lists in walk_launches(bins, B, edges.device):
         if deterministic and not list_walk:
             continue  # exact bins never overflow: the list walk covers every image
-        raster_backward_kernel[(B * ntx * nty,)](
-            rec, cull, *lists, color, T, grad_color, grad_T, grad,
-            N, height, width, ntx, ntx * nty,
-            C=C, PER_VERTEX=per_vertex, REC=REC, STRIDE=rec.shape[-1], K=K,
-            K_LOG2=(K - 1).bit_length(),
-            TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
-            DETERMINISTIC=deterministic,
-            num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
+        _launch(
+            (B * ntx * nty,),
+            (rec, cull, *lists, color, T, grad_color, grad_T, grad,
+             N, height, width, ntx, ntx * nty),
+            dict(C=C, PER_VERTEX=per_vertex, REC=REC, STRIDE=rec.shape[-1], K=K,
+                 K_LOG2=(K - 1).bit_length(),
+                 TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
+                 DETERMINISTIC=deterministic,
+                 num_warps=num_warps, num_stages=1, maxnreg=MAX_REGISTERS[per_vertex],
+                 enable_fp_fusion=FP_FUSION),
         )  # fmt: skip
     if deterministic:
         # sum each triangle's contiguous run of partial rows in a fixed order

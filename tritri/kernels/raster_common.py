@@ -90,14 +90,18 @@ def tile_work(pid, b, N, scan_ptr, tile_start_ptr, tile_end_ptr, LIST: tl.conste
     capacity. One compiled scan kernel serves both.
     """
     flagged = tl.load(scan_ptr + b) != 0
+    # ``active`` is selected between int1 constants rather than being the comparison itself: the
+    # interpreter types a comparison's result like its operands (int32 or int8 data once it is
+    # broadcast into a block), and from triton 3.9 on it accepts only bool store masks. Compiled,
+    # the select folds away.
     if LIST:
         list_end = tl.load(tile_end_ptr + pid)
         n_items = (list_end - tl.load(tile_start_ptr + pid)).to(tl.int32)
-        active = flagged == 0
+        active = tl.where(flagged, False, True)
     else:
         list_end = pid * 0
         n_items = N
-        active = flagged
+        active = tl.where(flagged, True, False)
     return list_end, tl.where(active, n_items, 0), active
 
 

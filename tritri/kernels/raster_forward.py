@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritri.kernels import FP_FUSION
 from tritri.kernels.arch import target_arch
 from tritri.kernels.raster_common import (
     REC_OPACITY,
@@ -133,13 +134,19 @@ def raster_forward_kernel(
     tl.store(out_T_ptr + b * H * W + pix, T, mask=out)
 
 
-def max_registers(per_vertex: bool, channels: int, arch: int | None) -> int:
-    """Register cap per thread: 64 for flat colors (32 warps per SM resident), 96 per-vertex. At
-    the default config ptxas fits the forward in it without spilling (``tritri check``), except
-    flat C >= 4 on sm_86 / sm_89, which get 72."""
+def max_registers(per_vertex: bool, channels: int, arch: int | None, list_walk: bool) -> int:
+    """Register cap per thread: 64 for flat colors (32 warps per SM resident), 96 per-vertex.
+
+    Flat C >= 4 is at the edge of 64 at the default config (4 pixels per thread, 16 accumulators)
+    and ptxas's allocation is not monotone in the cap, so its list walk gets 72: there ptxas
+    allocates 64 registers without spilling on sm_80 and sm_90 with triton 3.7, 3.8 and 3.9 alike
+    (ptxas 12.8 / 12.9 / 13.4), while at a cap of 64 triton 3.9 spills 8 B, and at 68 ptxas takes
+    67-68 (28 resident warps instead of 32). Its scan walk keeps 64 (56-64 registers there without
+    spilling on all three; 72 would let sm_90 take 64 instead of 56, 32 resident warps instead of
+    36). sm_86 / sm_89 give both walks 72. (``tritri check`` figures, default config.)"""
     if per_vertex:
         return 96
-    return 72 if channels >= 4 and arch in (86, 87, 89) else 64
+    return 72 if channels >= 4 and (list_walk or arch in (86, 87, 89)) else 64
 
 
 def raster_forward(
@@ -170,13 +177,14 @@ def raster_forward(
     out_color = torch.empty(B, C, height, width, dtype=torch.float32, device=edges.device)
     out_T = torch.empty(B, height, width, dtype=torch.float32, device=edges.device)
     rec = pack_triangles(edges, bary, colors, opacity)
-    cap = max_registers(bary is not None, C, target_arch(edges.device))
+    arch = target_arch(edges.device)
     for list_walk, lists in walk_launches(bins, B, edges.device):
+        cap = max_registers(bary is not None, C, arch, list_walk)
         raster_forward_kernel[(B * ntx * nty,)](
             rec, cull, *lists[:4], out_color, out_T,
             N, height, width, ntx, ntx * nty,
             C=C, PER_VERTEX=bary is not None, REC=rec.shape[-1],
             TILE=tile, CHUNK=chunk, WARPS=num_warps, LIST=list_walk,
-            num_warps=num_warps, num_stages=1, maxnreg=cap,
+            num_warps=num_warps, num_stages=1, maxnreg=cap, enable_fp_fusion=FP_FUSION,
         )  # fmt: skip
     return out_color, out_T

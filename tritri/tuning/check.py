@@ -304,6 +304,9 @@ def _rows(variant: Variant, arch: int) -> list[dict[str, Any]]:
         if pairs and cost.loop_instructions is not None:
             per_pair = round(cost.loop_instructions / pairs, 1)
         row.update(
+            # the backward's warp-shuffle row sums (None: a kernel without that choice)
+            shuffles=launch.kwargs.get("SHUFFLES"),
+            fp_fusion=bool(compiled.metadata.enable_fp_fusion),
             num_warps=launch.num_warps,
             registers=cost.registers,
             spill_bytes=cost.spill_bytes,

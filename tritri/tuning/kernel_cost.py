@@ -65,7 +65,10 @@ def capture_launches(arch: int | None = None) -> Iterator[list[KernelLaunch]]:
 
     Launchers run as usual up to the launch: they validate, allocate and pick their config (for
     ``sm_<arch>``, see :func:`tritri.kernels.arch.targeting`); the launch itself returns None.
-    Outputs a launcher reads back after the launch hold garbage.
+    Outputs a launcher reads back after the launch hold garbage. A ``warmup`` (compile without
+    launching) is not recorded: it compiles for ``sm_<arch>`` (:func:`compile_launch`) and returns
+    the compiled kernel, as on a GPU of that arch, so a launcher that inspects it decides as it
+    would there (None without an ``arch``).
     """
     from triton.runtime.jit import JITFunction
 
@@ -73,6 +76,8 @@ def capture_launches(arch: int | None = None) -> Iterator[list[KernelLaunch]]:
     original = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):  # noqa: ARG001 - JITFunction.run's signature
+        if warmup:
+            return None if arch is None else compile_launch(KernelLaunch(self, args, kwargs), arch)
         launches.append(KernelLaunch(self, args, dict(kwargs)))
 
     JITFunction.run = record
