@@ -26,6 +26,12 @@ ARCHS = (80, 90)
 FORWARD = {"registers": 64, "instructions_per_pair": 40}
 BACKWARD = {"registers": 128, "instructions_per_pair": 120}
 PER_VERTEX = 1.5
+# The backward without lane shuffles (a tl.sum per column: where the compiler does not lay the rows
+# along the lanes, triton 3.6; test_backward_shuffles_run_along_the_lanes says where): correct,
+# and held to what it costs there (flat 140-201, per-vertex 248-384 instructions per pair on
+# triton 3.6, sm_80 / sm_90) with a few percent to spare.
+BACKWARD_FALLBACK = {"registers": 128, "instructions_per_pair": 210}
+PER_VERTEX_FALLBACK = 1.9
 
 
 def _check_env(cache: Path | None = None) -> dict[str, str]:
@@ -86,8 +92,13 @@ def test_raster_kernels_meet_their_budgets(check_rows):
     for r in check_rows:
         if "raster" not in r["kernel"]:
             continue
-        budget = FORWARD if "forward" in r["kernel"] else BACKWARD
-        scale = PER_VERTEX if r["variant"].startswith("per-vertex") else 1.0
+        per_vertex = r["variant"].startswith("per-vertex")
+        if "forward" in r["kernel"]:
+            budget, scale = FORWARD, PER_VERTEX if per_vertex else 1.0
+        elif r.get("shuffles", True):
+            budget, scale = BACKWARD, PER_VERTEX if per_vertex else 1.0
+        else:
+            budget, scale = BACKWARD_FALLBACK, PER_VERTEX_FALLBACK if per_vertex else 1.0
         for key, limit in budget.items():
             if r[key] > limit * scale:
                 over.append((r["arch"], r["kernel"], r["variant"], key, r[key], limit * scale))

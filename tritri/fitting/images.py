@@ -121,7 +121,7 @@ def _resize_float(arr: np.ndarray, new: tuple[int, int]) -> np.ndarray:
     """``(H, W, 3)`` float -> resized (Lanczos, per channel in float32, like the 8-bit path)."""
     channels = [
         np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c], np.float32))
-                   .resize(new, Image.LANCZOS))
+                   .resize(new, Image.Resampling.LANCZOS))
         for c in range(arr.shape[-1])
     ]  # fmt: skip
     return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
@@ -195,7 +195,7 @@ def read_image(
     new = _fit_size(w, h, size, upscale)
     if isinstance(rgb, Image.Image):
         if new != rgb.size:
-            rgb = rgb.resize(new, Image.LANCZOS)
+            rgb = rgb.resize(new, Image.Resampling.LANCZOS)
         arr = np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
     else:
         arr = _resize_float(rgb, new) if new != (w, h) else rgb
