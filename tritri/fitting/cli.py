@@ -38,6 +38,7 @@ Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -210,7 +211,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--seconds", type=float, default=None, metavar="S",
-        help="time budget of a fit, in seconds, counted from reading the image: the refinement "
+        help="time budget of a fit, in seconds, counted from the start placement (after reading "
+        "the image and importing the libraries; not writing the outputs): the refinement "
         "stops before a step that would end past it (the greedy start always completes); "
         "without --steps, the steps are sized to fill it",
     )  # fmt: skip
@@ -530,11 +532,10 @@ def fit_image(args: argparse.Namespace) -> Outcome:
     ``_UsageError`` for a bad argument or image (before any output is written)."""
     begin = time.perf_counter()
     image = _read_target(args)
-    budget = _Budget(args.seconds, begin) if args.seconds is not None else None
     if _cpu_fit_applies(args):
-        outcome = _run_cpu(args, image, budget)
+        outcome = _run_cpu(args, image)
     else:
-        outcome = _run_torch(args, image, budget)
+        outcome = _run_torch(args, image)
     outcome.seconds = time.perf_counter() - begin
     return outcome
 
@@ -562,24 +563,23 @@ class _Fitters:
 
 
 class _Budget:
-    """``--seconds``: the deadline of one fit, counted from ``begin`` (perf_counter seconds)."""
+    """``--seconds``: the deadline of one fit, counted from ``begin`` (perf_counter seconds: when
+    the start placement begins, the libraries imported)."""
 
-    #: A refinement step costs about this many forward renders at the fit's size (the CPU loops
-    #: on a 2-core machine, N = 64-1024, 128-256 px: 5.5-11, with the moves).
-    STEP_COST = 8.0
     #: The share of the time left that the sized steps aim to fill.
-    FILL = 0.9
+    FILL = 0.95
+    #: Steps of the pilot that times a step (:func:`_size_steps`); the 5th moves triangles.
+    PILOT = 6
 
     def __init__(self, seconds: float, begin: float) -> None:
         self.seconds = float(seconds)
         self.deadline = begin + self.seconds
         self._loop_start: float | None = None
 
-    def steps(self, render_seconds: float) -> int:
-        """Steps that fill the time left, for a forward render of ``render_seconds``."""
+    def steps(self, step_seconds: float) -> int:
+        """Steps that fill the time left at ``step_seconds`` a step."""
         left = self.deadline - time.perf_counter()
-        cost = self.STEP_COST * max(render_seconds, 1e-5)
-        return int(min(1_000_000, max(1, self.FILL * left / cost)))
+        return int(min(1_000_000, max(1, self.FILL * left / max(step_seconds, 1e-6))))
 
     def should_stop(self, step: int) -> bool:
         """The loops' ``should_stop``: past the deadline, or the mean step so far would end past
@@ -811,19 +811,31 @@ def _start_frames(args: argparse.Namespace, animation: Any, target):
     return lambda values: animation.add_start(render_cpu(values, H, W, args.sigma))
 
 
-def _size_steps(args: argparse.Namespace, budget: _Budget | None, render: Callable[[], Any],
-                first: float) -> None:  # fmt: skip
-    """With ``--seconds`` and no ``--steps``: size ``args.steps`` to the time left, from the time
-    of a forward render (``first``: the start's, which may have loaded the kernels; ``render``
-    times another)."""
+def _size_steps(args: argparse.Namespace, budget: _Budget | None,
+                pilot: Callable[[int, Callable[..., None]], Any]) -> None:  # fmt: skip
+    """With ``--seconds`` and no ``--steps``: size ``args.steps`` to the time left, from a pilot
+    fit of :attr:`_Budget.PILOT` steps (``pilot(steps, on_step)``, its result dropped): the
+    median of its plain steps after the first (which loads the backward kernels), plus the
+    extra of its 5th step (a relocation or pruning event) for the 4 events in 25 steps of a fit.
+    About 3 % of a 5-s budget at N = 256; a render's time, scaled, missed by up to 2x on a
+    loaded machine."""
     if budget is None or args.steps_given:
         return
-    t = time.perf_counter()
-    render()
-    args.steps = budget.steps(min(first, time.perf_counter() - t))
+    stamps = [time.perf_counter()]
+    pilot(_Budget.PILOT, lambda step, image: stamps.append(time.perf_counter()))
+    took = np.diff(stamps)[1:]  # steps 1..5
+    if len(took) < _Budget.PILOT - 1:  # stopped early (Ctrl-C): the default steps
+        return
+    plain = float(np.median(np.delete(took, 3)))
+    args.steps = budget.steps(plain + max(0.0, float(took[3]) - plain) * 4 / 25)
 
 
-def _run_cpu(args: argparse.Namespace, source, budget: _Budget | None) -> Outcome:
+def _budget(args: argparse.Namespace) -> _Budget | None:
+    """The ``--seconds`` budget, from now (None without one)."""
+    return _Budget(args.seconds, time.perf_counter()) if args.seconds is not None else None
+
+
+def _run_cpu(args: argparse.Namespace, source) -> Outcome:
     """The fit without torch: numpy, numba (:func:`tritri.fitting.cpu_fit.fit_triangles_cpu`)."""
     _skip_blas_probe()
     from tritri.fitting.cpu_fit import fit_triangles_cpu, render_cpu
@@ -834,16 +846,18 @@ def _run_cpu(args: argparse.Namespace, source, budget: _Budget | None) -> Outcom
     target = source.pixels
     names, _, note = _resolve_losses(args, "cpu", cached_vgg_weights_file)
     animation = _animation(args)
+    budget = _budget(args)
     start, what, n_keep = _start(args, target, _start_frames(args, animation, target))
     _startup.resume_gc()  # numba and the kernels are loaded (the start used them)
     out = _out_dir(args)
     if note is not None:
         _note(note)
     _, H, W = target.shape
-    t = time.perf_counter()
     start_image = render_cpu(start, H, W, args.sigma)
-    _size_steps(args, budget, lambda: render_cpu(start, H, W, args.sigma),
-                time.perf_counter() - t)  # fmt: skip
+    _size_steps(args, budget, lambda steps, on_step: fit_triangles_cpu(
+        start, target, steps=steps, losses=names, lr=args.lr, lr_verts_px=args.lr_verts,
+        sigma=args.sigma, log_every=0, seed=args.seed, keep_best=False, keep=n_keep,
+        reseed_until=1.0, fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
     start_psnr = psnr(start_image, target)
     if animation is not None:
         if args.init != "greedy":
@@ -891,7 +905,7 @@ def _torch_renderer(args: argparse.Namespace, device) -> Callable[..., Any]:
     return render
 
 
-def _run_torch(args: argparse.Namespace, source, budget: _Budget | None) -> Outcome:
+def _run_torch(args: argparse.Namespace, source) -> Outcome:
     """The fit through torch autograd (:func:`tritri.fitting.fit_triangles`): any device, losses
     and balancer."""
     _startup.resume_gc()
@@ -924,6 +938,7 @@ def _run_torch(args: argparse.Namespace, source, budget: _Budget | None) -> Outc
         )
     balancer = _build_balancer(args, names)
     animation = _animation(args)
+    budget = _budget(args)
     start, what, n_keep = _start(args, target_np, _start_frames(args, animation, target_np))
     params = TriangleParams.from_values(start)
     out = _out_dir(args)
@@ -936,22 +951,21 @@ def _run_torch(args: argparse.Namespace, source, budget: _Budget | None) -> Outc
     balancer = balancer.to(device)
     encoded = criterion.encode(target[None])
 
-    def render_start():
-        verts, colors, opacity, background = params()
-        image = tritri.render(
-            verts[None], colors[None], opacity[None], height=H, width=W, sigma=args.sigma,
-            background=background, backend=args.backend,
-        )[0]  # fmt: skip
-        image.sum().item()  # waits for the GPU (timed by _size_steps)
-        return image
-
     with torch.no_grad():
+        verts, colors, opacity, background = params()
         try:
-            t = time.perf_counter()
-            start_image = render_start()
+            start_image = tritri.render(
+                verts[None], colors[None], opacity[None], height=H, width=W, sigma=args.sigma,
+                background=background, backend=args.backend,
+            )[0]  # fmt: skip
         except RuntimeError as err:  # e.g. --backend triton on a CPU without the interpreter
             raise _UsageError(f"--backend {args.backend}: {str(err).splitlines()[0]}") from None
-        _size_steps(args, budget, render_start, time.perf_counter() - t)
+    _size_steps(args, budget, lambda steps, on_step: fit_triangles(
+        TriangleParams.from_values(start).to(device), target, steps=steps, criterion=criterion,
+        target_encoded=encoded, balancer=copy.deepcopy(balancer), lr=args.lr,
+        lr_verts_px=args.lr_verts, sigma=args.sigma, backend=args.backend, log_every=0,
+        seed=args.seed, keep_best=False, keep=n_keep, reseed_until=1.0,
+        fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
     start_psnr = psnr(start_image, target)
     if animation is not None:
         if args.init != "greedy":
@@ -1031,6 +1045,7 @@ def _run_torch_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]
     if note is not None:
         _note(note)
     begin = time.perf_counter()
+    budget = _budget(args)
     results: list[tuple[Outcome, str] | None] = [None] * len(jobs)
     texts = [io.StringIO() for _ in jobs]
     ready = []  # (index, job, source, start, what, n_keep, out, animation)
@@ -1052,15 +1067,16 @@ def _run_torch_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]
         return results  # type: ignore[return-value]
     steps_given, n_keep = args.steps_given, ready[0][5]
     steps = ready[0][1].steps
-    budget = _Budget(args.seconds, begin) if args.seconds is not None else None
     targets = [r[2].pixels for r in ready]
     sizes = [t.shape[1:] for t in targets]
     canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
-    if budget is not None and not steps_given:  # size the steps from a render of the batch
-        t = time.perf_counter()
-        fit_batch([r[3] for r in ready], targets, steps=0, sigma=args.sigma,
-                  backend=args.backend, device=device, keep=n_keep)  # fmt: skip
-        steps = budget.steps(time.perf_counter() - t)
+    if budget is not None and not steps_given:
+        _size_steps(args, budget, lambda steps, on_step: fit_batch(
+            [r[3] for r in ready], targets, steps=steps, losses=names, lr=args.lr,
+            lr_verts_px=args.lr_verts, sigma=args.sigma, backend=args.backend, device=device,
+            log_every=0, keep=n_keep, seed=args.seed, keep_best=False, reseed_until=1.0,
+            fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
+        steps = args.steps
     for r in ready:
         r[1].steps = steps
         if r[7] is not None:

@@ -204,7 +204,7 @@ def _reseed(
     target: Tensor,
     rng: np.random.Generator,
     max_fraction: float,
-    opacity: float | None = None,
+    fixed_opacity: float | None = None,
 ) -> int:
     """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
 
@@ -223,7 +223,7 @@ def _reseed(
     offscreen = (hi < 0).any(dim=1) | (lo > 1).any(dim=1)
     dead = (opacity < 0.02) | (area < 0.5) | offscreen
     idx = dead.nonzero().flatten()[: max(1, int(max_fraction * N))]
-    _respawn(params, optimizer, idx, image, target, rng, N, opacity=opacity)
+    _respawn(params, optimizer, idx, image, target, rng, N, opacity=fixed_opacity)
     return int(idx.numel())
 
 

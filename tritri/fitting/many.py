@@ -41,7 +41,8 @@ __all__ = ["SUMMARY_COLUMNS", "collect_images", "folder_names", "plan_jobs", "ru
            "write_summary"]  # fmt: skip
 
 _PROG = "tritri fit"
-#: The columns of ``summary.csv``: the image as given, its output folder (relative to --out),
+#: The columns of ``summary.csv``: the image as given, its output folder (relative to --out;
+#: empty when none was made: an image that could not be read),
 #: the triangles, the PSNR (dB, at the fit's size), the wall time of its fit (s; in a batch: the
 #: batch's divided among its images) and ``ok``, ``failed: <why>`` or ``interrupted``.
 SUMMARY_COLUMNS = ("image", "folder", "N", "PSNR", "seconds", "status")
@@ -232,10 +233,10 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
     from tritri import _startup
 
     images, notes = collect_images(args.images)
-    for note in notes:
-        print(f"{_PROG}: {note}", file=sys.stderr)
     if not images:
         raise fitters.UsageError(f"no image files in {', '.join(map(str, args.images))}")
+    for note in notes:
+        print(f"{_PROG}: {note}", file=sys.stderr)
     if args.init not in ("greedy", "delaunay", "random"):
         raise fitters.UsageError(
             "--init FILE.json continues one fit; with several images use greedy, delaunay or random"
@@ -277,7 +278,7 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
             interrupted = _run_pool(jobs, procs, threads, fitters, done)
     finally:
         bar.close()
-    rows = [_row(image, name, outcome)
+    rows = [_row(image, name if (top / name).is_dir() else "", outcome)
             for image, name, outcome in zip(images, names, outcomes, strict=True)]  # fmt: skip
     try:
         summary = write_summary(top / SUMMARY, rows)
