@@ -115,10 +115,9 @@ def test_single_image_unchanged(capsys, tmp_path, folder):
     rc, err = fit(capsys, str(folder / "wide.png"), *TINY, "--out", str(out))
     assert rc == 0, err
     assert (out / "final.png").is_file() and not (out / "summary.csv").exists()
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["final.png", "comparison.png", "triangles.svg", "triangles.json", "metrics.jsonl",
-         "loss.png"]  # fmt: skip
-    )
+    outputs = ("final.png", "comparison.png", "triangles.svg", "triangles.json", "metrics.jsonl",
+               "loss.png")  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == sorted(outputs)
     # an unreadable single image is still a one-line error, exit status 2
     rc, err = fit(capsys, str(folder / "broken.png"), *TINY, "--out", str(out))
     assert rc == 2 and err.count("error:") == 1
