@@ -186,26 +186,38 @@ def run_one(fit_image: Callable[[argparse.Namespace], Any], job: argparse.Namesp
     return outcome, text
 
 
-def _worker_init(threads: int) -> None:
+_STOP: Any = None  # a worker's multiprocessing.Event: set, no further image starts
+
+
+def _worker_init(threads: int, stop: Any) -> None:
     """A worker process: the rasterizer on ``threads`` threads; Ctrl-C ignored between images
-    (the parent stops handing them out; during a fit :func:`_work` lets it through)."""
+    (during a fit :func:`_work` lets it through); ``stop`` set: the images queued to it are not
+    started."""
+    global _STOP
     from tritri import _startup
     from tritri.cpu import set_num_threads
 
     _startup.resume_gc()
     set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STOP = stop
 
 
 def _work(fit_image: Callable[[argparse.Namespace], Any], job: argparse.Namespace,
-          usage_error: type[Exception], outcome_type: type) -> tuple[Any, str]:  # fmt: skip
+          usage_error: type[Exception], outcome_type: type) -> tuple[Any, str] | None:  # fmt: skip
     """:func:`run_one` in a worker process, with Ctrl-C stopping the fit (which writes its
-    outputs, as a single fit does)."""
+    outputs, as a single fit does, and stops the images queued after it); None when the run was
+    stopped before this image."""
+    if _STOP is not None and _STOP.is_set():
+        return None
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return run_one(fit_image, job, usage_error, outcome_type)
+        outcome, text = run_one(fit_image, job, usage_error, outcome_type)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if outcome.status == 130 and _STOP is not None:
+        _STOP.set()
+    return outcome, text
 
 
 def _jobs(args: argparse.Namespace, images: list[Path], names: list[str], top: Path):
@@ -288,10 +300,12 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
         summary = None
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"].startswith("failed")]
+    interrupted = interrupted or any(o is not None and o.status == 130 for o in outcomes)
     print(f"{_PROG}: {ok} of {len(rows)} images fitted"
           + (f", {len(failed)} failed ({', '.join(r['image'] for r in failed)})" if failed else "")
+          + ("; interrupted" if interrupted else "")
           + (f"; wrote {summary}" if summary is not None else ""), file=sys.stderr)  # fmt: skip
-    if interrupted or any(o is not None and o.status == 130 for o in outcomes):
+    if interrupted:
         return 130
     return 1 if failed or summary is None else 0
 
@@ -316,8 +330,10 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
     # fork (where there is one): the workers start with this process's imports (numba among
     # them), no second start-up; nothing here has started a thread yet
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=procs, mp_context=multiprocessing.get_context(method),
-                               initializer=_worker_init, initargs=(threads,))  # fmt: skip
+    context = multiprocessing.get_context(method)
+    stop = context.Event()
+    pool = ProcessPoolExecutor(max_workers=procs, mp_context=context,
+                               initializer=_worker_init, initargs=(threads, stop))  # fmt: skip
     pending = {
         pool.submit(_work, fitters.fit_image, job, fitters.UsageError, fitters.Outcome): i
         for i, job in enumerate(jobs)
@@ -329,6 +345,7 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:
                 interrupted = True
+                stop.set()
                 for future in pending:
                     future.cancel()
                 continue
@@ -337,14 +354,18 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
                 if future.cancelled():
                     continue
                 try:
-                    outcome, text = future.result()
+                    result = future.result()
                 except Exception as err:  # the worker died (killed, out of memory)
                     outcome = fitters.Outcome(1, error=f"worker process failed: "
                                                        f"{type(err).__name__}")  # fmt: skip
-                    text = f"{_PROG}: error: {jobs[i].image}: {outcome.error}\n"
+                    result = (outcome, f"{_PROG}: error: {jobs[i].image}: {outcome.error}\n")
+                if result is None:  # not started: the run was stopped
+                    continue
+                outcome, text = result
                 interrupted |= outcome.status == 130
                 done(i, outcome, text)
                 if interrupted:
+                    stop.set()
                     for other in pending:
                         other.cancel()
     finally:
