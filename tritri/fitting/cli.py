@@ -1,4 +1,4 @@
-"""``tritri fit [IMAGE]``: fit an image with N colored, semi-transparent triangles.
+"""``tritri fit [IMAGE ...]``: fit an image with N colored, semi-transparent triangles.
 
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
 domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 120 at
@@ -33,6 +33,14 @@ The outputs hold the triangles of the step with the best PSNR (normally the last
 forces the last). ``--init triangles.json`` continues a fit, with the learning rates warmed up
 over the first 10 % of the steps so that Adam's fresh moments do not shake a converged fit loose.
 Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
+
+For primitive / geometrize users: ``--render-size PX`` renders final.png and comparison.png from
+the triangles at PX (default: the input's size up to 1024: :func:`render_side`);
+``--animation out.gif`` writes the fit being built (:mod:`tritri.fitting.animation`);
+``--seconds S`` stops at a time budget (:class:`_Budget`); ``--alpha`` / ``--background`` fix
+the opacity / the background. Several images (or folders) are fitted each into a folder of its
+own with a summary.csv (:mod:`tritri.fitting.many`; the torch loop batches them:
+:mod:`tritri.fitting.batch_fit`).
 """
 
 from __future__ import annotations
