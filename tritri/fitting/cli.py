@@ -57,8 +57,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
 from tritri import _startup
 
 __all__ = ["DEFAULTS", "RENDER_CAP", "Outcome", "add_arguments", "fit_image", "main",
@@ -406,6 +404,8 @@ def _start(
     are, and how many the fit keeps. ``target`` is the (3, H, W) numpy image; ``on_batch``: the
     greedy start's (animation frames). ``--alpha`` and ``--background`` are applied to any
     start."""
+    import numpy as np
+
     values, what, n_keep = _start_values(args, target, on_batch)
     if args.alpha is not None:
         values["opacity"] = np.full_like(values["opacity"], args.alpha)
@@ -664,6 +664,8 @@ def _shown(args: argparse.Namespace, image, target, values: dict[str, Any],
     rendered by ``render(values, H, W, sigma)`` with sigma scaled by the same factor (edges as
     soft, relative to the picture, as in the fit and the SVG), and the target read again at that
     size; ``(None, None)`` at the fit's own size."""
+    import numpy as np
+
     from tritri.fitting.images import WHITE, read_image
 
     side = render_side(args, image.source_size, target.shape)
@@ -717,6 +719,8 @@ def _write_outputs(
     the triangles as numpy arrays; ``render(values, H, W, sigma)``: a render at another size
     (``--render-size``); ``animation``: the :class:`~tritri.fitting.animation.Animation` to
     finish and write, or None."""
+    import numpy as np
+
     from tritri.fitting.outputs import FitOutputs, write_outputs
 
     target = source.pixels
@@ -810,6 +814,8 @@ def _skip_blas_probe() -> None:
 def _start_frames(args: argparse.Namespace, animation: Any, target):
     """The greedy start's ``on_batch`` for ``animation`` (None without one), after the first
     frame: the background alone."""
+    import numpy as np
+
     if animation is None or args.init != "greedy":
         return None
     from tritri.fitting.cpu_fit import render_cpu
@@ -829,6 +835,8 @@ def _size_steps(args: argparse.Namespace, budget: _Budget | None,
     extra of its 5th step (a relocation or pruning event) for the 4 events in 25 steps of a fit.
     About 3 % of a 5-s budget at N = 256; a render's time, scaled, missed by up to 2x on a
     loaded machine."""
+    import numpy as np
+
     if budget is None or args.steps_given:
         return
     stamps = [time.perf_counter()]
@@ -899,6 +907,7 @@ def _run_cpu(args: argparse.Namespace, source) -> Outcome:
 def _torch_renderer(args: argparse.Namespace, device) -> Callable[..., Any]:
     """``render(values, H, W, sigma) -> (3, H, W)`` numpy: the triangles through
     :func:`tritri.render` on ``device`` with ``--backend``."""
+    import numpy as np
     import torch
 
     import tritri
