@@ -30,12 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _cpu_fit(monkeypatch, tmp_path):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def _no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
 def fit(capsys, *args: str) -> tuple[int, str]:
+    """``tritri fit -q ARGS`` in-process (``--backend numba``, the CPU fit, unless ARGS name a
+    backend); (exit status, stderr)."""
+    if "--backend" not in args:
+        args = (*args, "--backend", "numba")
     try:
         rc = main(["fit", "-q", *args])
     except SystemExit as exit_:

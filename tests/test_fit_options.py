@@ -22,15 +22,16 @@ pytest.importorskip("numba")
 
 
 @pytest.fixture(autouse=True)
-def _cpu_fit(monkeypatch, tmp_path):
-    """The torch-free CPU fit (numba), not the Triton interpreter the suite switches on; no
-    network."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def _no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
 def fit(capsys, *args: str) -> tuple[int, str]:
-    """Run ``tritri fit -q ARGS`` in-process; (exit status, stderr)."""
+    """Run ``tritri fit -q ARGS`` in-process; (exit status, stderr). Without a ``--backend`` in
+    ARGS: ``--backend numba``, the torch-free CPU fit (under the Triton interpreter the suite
+    switches on, ``auto`` would mean the torch loop over Triton)."""
+    if "--backend" not in args:
+        args = (*args, "--backend", "numba")
     try:
         rc = main(["fit", "-q", *args])
     except SystemExit as exit_:  # argparse's own errors
