@@ -115,7 +115,8 @@ def run_tritri(
 
     out = workdir / f"tritri_{n}"
     cmd = [sys.executable, "-m", "tritri", "fit", str(png), "--triangles", str(n),
-           "--size", str(size), "--out", str(out), "-q", *extra]  # fmt: skip
+           "--size", str(size), "--render-size", str(size), "--out", str(out), "-q",
+           *extra]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=_tritri_env(), stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0

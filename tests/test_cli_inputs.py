@@ -191,7 +191,8 @@ def test_transparent_pixels_are_fitted_over_white(tmp_path, photo, capsys):
     assert rc == 0, err
     assert "transparent pixels composited over white" in err
     comparison = np.asarray(Image.open(tmp_path / "run" / "comparison.png"), dtype=float)
-    hidden = comparison[:, 10:16]  # the target's transparent half (16 px wide, 12 tall)
+    # the target's transparent half (shown at the image's own size, 64 x 48: --render-size)
+    hidden = comparison[:, 40:64]
     assert hidden.min() >= 250  # white (Lanczos rings a little at the edge), not red
 
 
@@ -226,7 +227,8 @@ def test_tiny_and_extreme_aspect_images_fit(tmp_path, capsys, shape):
     assert rc == 0, err
     assert "Traceback" not in err
     with Image.open(tmp_path / "run" / "final.png") as im:
-        assert max(im.size) == min(16, max(shape))  # never enlarged without --upscale
+        # shown at the image's own size up to 1024 (--render-size), never enlarged
+        assert max(im.size) == min(1024, max(shape))
 
 
 def test_size_above_the_image_is_not_an_upscale_unless_asked(tmp_path, capsys):
@@ -246,7 +248,8 @@ def test_size_above_the_image_is_not_an_upscale_unless_asked(tmp_path, capsys):
 @pytest.mark.parametrize(
     "kind, message",
     [("truncated", "cannot read"), ("empty", "the file is empty"),
-     ("directory", "is a directory"), ("text", "cannot read"), ("missing", "no such image file")],
+     ("directory", "no image files in"), ("text", "cannot read"),
+     ("missing", "no such image file")],
 )  # fmt: skip
 def test_an_unreadable_image_is_one_line(tmp_path, photo, capsys, kind, message):
     path = tmp_path / f"{kind}.png"

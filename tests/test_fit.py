@@ -63,18 +63,20 @@ def test_fit_writes_every_output(tmp_path, capsys):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
 
+    # fitted at 40 px, shown at the sample image's own 256 px (the default --render-size)
     with Image.open(out / "final.png") as im:
-        assert im.size == (40, 40) and im.mode == "RGB"
+        assert im.size == (256, 256) and im.mode == "RGB"
     with Image.open(out / "comparison.png") as im:
-        assert im.size == (2 * 40 + 4, 40)
+        assert im.size == (2 * 256 + 4, 256)
         comp = np.asarray(im)
     with Image.open(out / "loss.png") as im:
         assert im.format == "PNG" and min(im.size) > 100
+    assert json.loads((out / "triangles.json").read_text())["width"] == 40
     # The comparison's left half is the target, the right half the fit.
     final = np.asarray(Image.open(out / "final.png"))
-    assert np.array_equal(comp[:, 44:], final)
-    target = load_image(None, 40)
-    assert np.abs(comp[:, :40] / 255.0 - target.permute(1, 2, 0).numpy()).max() < 1 / 255 + 1e-6
+    assert np.array_equal(comp[:, 260:], final)
+    target = load_image(None, 256)
+    assert np.abs(comp[:, :256] / 255.0 - target.permute(1, 2, 0).numpy()).max() < 1 / 255 + 1e-6
 
     root = ET.parse(out / "triangles.svg").getroot()
     assert root.tag == f"{SVG_NS}svg" and root.get("viewBox") == "0 0 40 40"

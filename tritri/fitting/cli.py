@@ -1,4 +1,4 @@
-"""``tritri fit [IMAGE]``: fit an image with N colored, semi-transparent triangles.
+"""``tritri fit [IMAGE ...]``: fit an image with N colored, semi-transparent triangles.
 
 With no IMAGE it fits the bundled sample photograph (tritri/data/astronaut.png, NASA, public
 domain). The defaults -- 256 triangles, steps by triangle count (:func:`default_steps`: 120 at
@@ -33,23 +33,34 @@ The outputs hold the triangles of the step with the best PSNR (normally the last
 forces the last). ``--init triangles.json`` continues a fit, with the learning rates warmed up
 over the first 10 % of the steps so that Adam's fresh moments do not shake a converged fit loose.
 Ctrl-C stops the fit cleanly; the outputs are still written (exit status 130).
+
+For primitive / geometrize users: ``--render-size PX`` renders final.png and comparison.png from
+the triangles at PX (default: the input's size up to 1024: :func:`render_side`);
+``--animation out.gif`` writes the fit being built (:mod:`tritri.fitting.animation`);
+``--seconds S`` stops at a time budget (:class:`_Budget`); ``--alpha`` / ``--background`` fix
+the opacity / the background. Several images (or folders) are fitted each into a folder of its
+own with a summary.csv (:mod:`tritri.fitting.many`; the torch loop batches them:
+:mod:`tritri.fitting.batch_fit`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
 import time
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from tritri import _startup
 
-__all__ = ["DEFAULTS", "add_arguments", "main", "run"]
+__all__ = ["DEFAULTS", "RENDER_CAP", "Outcome", "add_arguments", "fit_image", "main",
+           "render_side", "run"]  # fmt: skip
 
 #: Default settings (measured: see perf/fit_vs_geometrize.py, perf/fit_quality.py and the README).
 DEFAULTS: dict[str, Any] = {
@@ -64,6 +75,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _PROG = "tritri fit"
+
+#: The default ``--render-size`` is the input's longest side, at most this (primitive's ``-s``).
+RENDER_CAP = 1024
+#: The largest ``--render-size`` (a 8192² float render is 0.8 GB).
+RENDER_MAX = 8192
 
 #: The ``--init`` values that start a fresh fit (anything else is a triangles.json to continue).
 FRESH_STARTS = ("greedy", "delaunay", "random")
@@ -95,16 +111,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Fit an image with N colored, semi-transparent triangles (default: the bundled sample "
         "photograph). Writes final.png, comparison.png, triangles.svg, triangles.json, "
-        "metrics.jsonl and loss.png to --out."
+        "metrics.jsonl and loss.png to --out. Several images (or folders of them) are fitted "
+        "each into a folder of its own in --out, with a summary.csv."
     )
     # Bad arguments: one line, not argparse's usage block.
     parser.error = types.MethodType(_one_line_error, parser)  # type: ignore[method-assign]
     d = DEFAULTS
     parser.add_argument(
-        "image", nargs="?", default=None,
+        "images", nargs="*", default=[], metavar="IMAGE",
         help="image to fit (any format Pillow reads, 8 or 16 bits or float; transparent pixels "
-        "are composited over white, as a viewer shows them; an animated image's first frame); "
-        "default: the bundled sample photograph",
+        "are composited over white or --background, as a viewer shows them; an animated image's "
+        "first frame); default: the bundled sample photograph. Several images, or a folder (its "
+        "image files, by suffix): each is fitted into --out/NAME/, and --out/summary.csv lists "
+        "them (an image that fails is reported and skipped; exit status 1)",
     )  # fmt: skip
     parser.add_argument(
         "--triangles", "-n", type=int, default=None,
@@ -179,6 +198,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tritri.render backend (auto: Triton on CUDA, the compiled numba rasterizer on the "
         "CPU, Triton's interpreter under TRITON_INTERPRET=1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--render-size", type=int, default=None, metavar="PX",
+        help="longest side of final.png and comparison.png, px: the fitted triangles rendered at "
+        "that size, edges as soft as in the fit (sigma scaled with it); triangles.svg and "
+        "triangles.json keep the fit's size. Default: the input's own size, at most "
+        f"{RENDER_CAP}, never below the fit's size -- a picture as large as the one given, as "
+        "primitive renders 1024 px from a 256-px fit, and quick to render and write",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=float, default=None, metavar="A",
+        help="fix every triangle's opacity at A in (0, 1] instead of learning it (primitive's "
+        "and geometrize's look: their alpha 128 is 0.5); default: learned",
+    )  # fmt: skip
+    parser.add_argument(
+        "--background", default=None, metavar="COLOR",
+        help="fix the background color (a name or #hex, as Pillow's ImageColor reads it: white, "
+        "'#1e90ff', 'rgb(0,0,0)') instead of learning it; also the color transparent pixels are "
+        "composited over (default: learned; transparency over white)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seconds", type=float, default=None, metavar="S",
+        help="time budget of a fit, in seconds, counted from the start placement (after reading "
+        "the image and importing the libraries; not writing the outputs): the refinement "
+        "stops before a step that would end past it (the greedy start always completes); "
+        "without --steps, the steps are sized to fill it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--animation", default=None, metavar="FILE.gif|FILE.webp",
+        help="also write an animation of the fit being built: the greedy start batch by batch, "
+        "then the refinement (at most --frames frames, at the fit's size up to 512 px; GIF: one "
+        "palette of 256 colors). With several images, each image's folder gets one of this "
+        "file name",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frames", type=int, default=60,
+        help="the most frames of --animation (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", "-j", type=int, default=None,
+        help="several images on the CPU: worker processes, each fitting one image at a time "
+        "with the cores shared out (default: one per core, at most one per image; 1: one "
+        "image after the other, each on all cores)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=int, default=16,
+        help="several images in the torch loop (a GPU, --backend torch/triton): images rendered "
+        "together in one batch (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--out", default=d["out"], help="output directory (default: %(default)s)")
     parser.add_argument(
         "--log-every",
@@ -227,6 +294,46 @@ def _check(args: argparse.Namespace) -> None:
         raise _UsageError(f"--log-every must be >= 1, got {args.log_every}")
     if args.config is not None and not Path(args.config).is_file():
         raise _UsageError(f"--config: no such file: {args.config!r}")
+    if args.render_size is not None and not 8 <= args.render_size <= RENDER_MAX:
+        raise _UsageError(f"--render-size must be in [8, {RENDER_MAX}] pixels, "
+                          f"got {args.render_size}")  # fmt: skip
+    if args.alpha is not None and not (math.isfinite(args.alpha) and 0 < args.alpha <= 1):
+        raise _UsageError(f"--alpha must be in (0, 1] (geometrize's alpha 128 is 0.5), "
+                          f"got {args.alpha}")  # fmt: skip
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise _UsageError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if not 2 <= args.frames <= 1000:
+        raise _UsageError(f"--frames must be in [2, 1000], got {args.frames}")
+    if args.jobs is not None and args.jobs < 1:
+        raise _UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.batch < 1:
+        raise _UsageError(f"--batch must be >= 1, got {args.batch}")
+    args.background_rgb = _colour(args.background)
+    args.steps_given = args.steps is not None
+    if args.animation is not None:
+        from tritri.fitting.animation import check_animation_path
+
+        try:
+            check_animation_path(args.animation)
+        except ValueError as err:
+            raise _UsageError(f"--animation: {err}") from None
+
+
+def _colour(spec: str | None) -> tuple[float, float, float] | None:
+    """``--background``: RGB in [0, 1] of a color name or hex (Pillow's ImageColor), or None."""
+    if spec is None:
+        return None
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(spec.strip())
+    except ValueError:
+        raise _UsageError(
+            f"--background: unknown color {spec!r} (a name such as white, or #rrggbb)"
+        ) from None
+    if len(rgb) == 4 and rgb[3] != 255:
+        raise _UsageError(f"--background: {spec!r} is not opaque (the background must be)")
+    return (rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
 
 
 def _resolve_losses(
@@ -290,9 +397,26 @@ def _build_balancer(args: argparse.Namespace, names: tuple[str, ...]):
         raise _UsageError(f"--balancer: {err}") from None
 
 
-def _start(args: argparse.Namespace, target) -> tuple[dict[str, Any], str, int]:
+def _start(
+    args: argparse.Namespace, target, on_batch: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[dict[str, Any], str, int]:
     """The triangles to start from (numpy values: verts, colors, opacity, background), what they
-    are, and how many the fit keeps. ``target`` is the (3, H, W) numpy image."""
+    are, and how many the fit keeps. ``target`` is the (3, H, W) numpy image; ``on_batch``: the
+    greedy start's (animation frames). ``--alpha`` and ``--background`` are applied to any
+    start."""
+    import numpy as np
+
+    values, what, n_keep = _start_values(args, target, on_batch)
+    if args.alpha is not None:
+        values["opacity"] = np.full_like(values["opacity"], args.alpha)
+    if args.background_rgb is not None:
+        values["background"] = np.asarray(args.background_rgb, np.float32)
+    return values, what, n_keep
+
+
+def _start_values(
+    args: argparse.Namespace, target, on_batch: Callable[[dict[str, Any]], None] | None
+) -> tuple[dict[str, Any], str, int]:
     from tritri.fitting.starts import (
         delaunay_start,
         greedy_start,
@@ -305,7 +429,10 @@ def _start(args: argparse.Namespace, target) -> tuple[dict[str, Any], str, int]:
         if args.steps is None:
             args.steps = default_steps(n)
         if args.init == "greedy":
-            return greedy_start(target, n, seed=args.seed, sigma=args.sigma), "greedy placement", n
+            fixed = {"opacity": args.alpha, "background": args.background_rgb}
+            values = greedy_start(target, n, seed=args.seed, sigma=args.sigma, on_batch=on_batch,
+                                  **fixed)  # fmt: skip
+            return values, "greedy placement", n
         # The mosaic and random starts are over-complete (pruned to n during the fit) unless the
         # run is short.
         m = max(n, round(OVERCOMPLETE * n)) if args.steps >= 20 else n
@@ -368,30 +495,120 @@ def _cpu_fit_applies(args: argparse.Namespace) -> bool:
     return numba_available()
 
 
+@dataclass
+class Outcome:
+    """How the fit of one image went (a row of ``summary.csv`` with several images).
+
+    Attributes:
+        status: the exit status of a single-image run (0; 1 an output not written; 2 the image
+            or an argument refused; 130 Ctrl-C, outputs written).
+        psnr: the written fit's PSNR (dB; None: no fit); n: its triangles; steps: steps run.
+        seconds: wall time from reading the image to the outputs written.
+        error: why it failed (one line; empty when it did not).
+    """
+
+    status: int
+    psnr: float | None = None
+    n: int | None = None
+    steps: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``tritri fit`` with parsed ``args``; returns the exit status (0, 2 bad arguments, 130
-    interrupted by Ctrl-C after writing the outputs)."""
+    """Run ``tritri fit`` with parsed ``args``; returns the exit status (0, 1 an output or an
+    image of several failed, 2 bad arguments, 130 interrupted by Ctrl-C after writing the
+    outputs)."""
     try:
-        return _run(args)
+        _check(args)
+        if _several(args.images):
+            from tritri.fitting.many import run_many
+
+            return run_many(args, _Fitters())
+        args.image = args.images[0] if args.images else None
+        return fit_image(args).status
     except _UsageError as err:
         print(f"{_PROG}: error: {err}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
-    _check(args)
-    target = _read_target(args)
+def _several(images: list[str]) -> bool:
+    """Whether IMAGE names several images: more than one path, or a folder."""
+    return len(images) > 1 or (len(images) == 1 and Path(images[0]).is_dir())
+
+
+def fit_image(args: argparse.Namespace) -> Outcome:
+    """Fit ``args.image`` (None: the sample) into ``args.out``: read, start, fit, write. Raises
+    ``_UsageError`` for a bad argument or image (before any output is written)."""
+    begin = time.perf_counter()
+    image = _read_target(args)
     if _cpu_fit_applies(args):
-        return _run_cpu(args, target)
-    return _run_torch(args, target)
+        outcome = _run_cpu(args, image)
+    else:
+        outcome = _run_torch(args, image)
+    outcome.seconds = time.perf_counter() - begin
+    return outcome
+
+
+class _Fitters:
+    """What :func:`tritri.fitting.many.run_many` needs from here (passed in, not imported, so
+    that the two modules do not import each other)."""
+
+    UsageError = _UsageError
+    Outcome = Outcome
+    fit_image = staticmethod(fit_image)
+    cpu_fit_applies = staticmethod(_cpu_fit_applies)
+
+    @staticmethod
+    def out_dir(args: argparse.Namespace) -> Path:
+        return _out_dir(args)
+
+    @staticmethod
+    def prepare_cpu() -> None:
+        _skip_blas_probe()
+
+    @staticmethod
+    def fit_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]]:
+        return _run_torch_batch(jobs)
+
+
+class _Budget:
+    """``--seconds``: the deadline of one fit, counted from ``begin`` (perf_counter seconds: when
+    the start placement begins, the libraries imported)."""
+
+    #: The share of the time left that the sized steps aim to fill.
+    FILL = 0.95
+    #: Steps of the pilot that times a step (:func:`_size_steps`); the 5th moves triangles.
+    PILOT = 6
+
+    def __init__(self, seconds: float, begin: float) -> None:
+        self.seconds = float(seconds)
+        self.deadline = begin + self.seconds
+        self._loop_start: float | None = None
+
+    def steps(self, step_seconds: float) -> int:
+        """Steps that fill the time left at ``step_seconds`` a step."""
+        left = self.deadline - time.perf_counter()
+        return int(min(1_000_000, max(1, self.FILL * left / max(step_seconds, 1e-6))))
+
+    def should_stop(self, step: int) -> bool:
+        """The loops' ``should_stop``: past the deadline, or the mean step so far would end past
+        it (so a fit ends within one step of the budget)."""
+        now = time.perf_counter()
+        if step == 0 or self._loop_start is None:
+            self._loop_start = now
+            return now >= self.deadline
+        return now + (now - self._loop_start) / step > self.deadline
 
 
 def _read_target(args: argparse.Namespace):
-    """The (3, H, W) numpy target; its notes (frames, transparency, size) said on stderr."""
-    from tritri.fitting.images import read_image
+    """The target image (:class:`tritri.fitting.images.TargetImage`); its notes (frames,
+    transparency, size) said on stderr."""
+    from tritri.fitting.images import WHITE, read_image
 
+    background = args.background_rgb if args.background_rgb is not None else WHITE
     try:
-        image = read_image(args.image, args.size, upscale=args.upscale)
+        image = read_image(args.image, args.size, upscale=args.upscale, background=background)
     except (FileNotFoundError, ValueError) as err:
         raise _UsageError(str(err)) from None
     for note in image.notes:
@@ -401,7 +618,7 @@ def _read_target(args: argparse.Namespace):
         name = args.image if args.image is not None else "the sample image"
         _note(f"{name} is {w}x{h}: fitting it at that size (--upscale enlarges it to --size "
               f"{args.size})")  # fmt: skip
-    return image.pixels
+    return image
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -417,11 +634,65 @@ def _announce(args, target, n_keep: int, names, balancer: str, device: str, star
               start_psnr: float) -> None:  # fmt: skip
     _, H, W = target.shape
     image_name = args.image if args.image is not None else "the sample image"
+    budget = f" (at most {args.seconds:g} s)" if args.seconds is not None else ""
+    fixed = []
+    if args.alpha is not None:
+        fixed.append(f"opacity {args.alpha:g}")
+    if args.background is not None:
+        fixed.append(f"background {args.background}")
+    fixed_note = f"; fixed: {', '.join(fixed)}" if fixed else ""
     _note(
-        f"fitting {image_name} ({W}x{H}) with {n_keep} triangles, {args.steps} steps, "
+        f"fitting {image_name} ({W}x{H}) with {n_keep} triangles, {args.steps} steps{budget}, "
         f"losses {','.join(names)}, {balancer}, on {device}; start: {start} "
-        f"({start_psnr:.2f} dB)"
+        f"({start_psnr:.2f} dB){fixed_note}"
     )
+
+
+def render_side(args: argparse.Namespace, source_size: tuple[int, int], fit_shape) -> int:
+    """The longest side of final.png and comparison.png, px: ``--render-size``, or by default the
+    input's own longest side capped at :data:`RENDER_CAP`, never below the fit's
+    (``fit_shape``: the target's ``(3, H, W)``)."""
+    fit_side = max(fit_shape[1:])
+    if args.render_size is not None:
+        return int(args.render_size)
+    return max(fit_side, min(max(source_size), RENDER_CAP))
+
+
+def _shown(args: argparse.Namespace, image, target, values: dict[str, Any],
+           render: Callable[..., Any]) -> tuple[Any, Any]:  # fmt: skip
+    """``(image, target)`` at the render size (:func:`render_side`): the triangles ``values``
+    rendered by ``render(values, H, W, sigma)`` with sigma scaled by the same factor (edges as
+    soft, relative to the picture, as in the fit and the SVG), and the target read again at that
+    size; ``(None, None)`` at the fit's own size."""
+    import numpy as np
+
+    from tritri.fitting.images import WHITE, read_image
+
+    side = render_side(args, image.source_size, target.shape)
+    if side == max(target.shape[1:]):
+        return None, None
+    background = args.background_rgb if args.background_rgb is not None else WHITE
+    shown_target = read_image(args.image, side, upscale=True, background=background).pixels
+    _, h, w = shown_target.shape
+    scale = max(h, w) / max(target.shape[1:])
+    shown = np.clip(np.asarray(render(values, h, w, args.sigma * scale), np.float32), 0.0, 1.0)
+    return shown, shown_target
+
+
+def _animation(args: argparse.Namespace):
+    """The :class:`tritri.fitting.animation.Animation` of ``--animation`` (None without it); its
+    folder created and checked writable first (one-line error)."""
+    if args.animation is None:
+        return None
+    from tritri.fitting.animation import Animation
+    from tritri.fitting.outputs import prepare_out_dir
+
+    path = Path(args.animation)
+    try:
+        prepare_out_dir(path.parent, clean=False)
+    except ValueError as err:
+        raise _UsageError(f"--animation: {err}") from None
+    return Animation(path, max_frames=args.frames)
 
 
 def _progress(args: argparse.Namespace):
@@ -439,25 +710,53 @@ def _progress(args: argparse.Namespace):
 
 
 def _write_outputs(
-    args: argparse.Namespace, out: Path, target, image, values: dict[str, Any], result: Any,
-    names, start_psnr: float, t0: float,
-) -> int:  # fmt: skip
-    """Write the outputs of a finished (or interrupted) fit and the closing note; the exit status
-    (0; 1 when an output could not be written; 130 after a Ctrl-C). ``target``, ``image``:
-    (3, H, W) arrays; ``values``: the triangles as numpy arrays."""
+    args: argparse.Namespace, out: Path, source, image, values: dict[str, Any], result: Any,
+    names, start_psnr: float, t0: float, render: Callable[..., Any], animation: Any = None,
+) -> Outcome:  # fmt: skip
+    """Write the outputs of a finished (or interrupted) fit and the closing note; the outcome
+    (status 0; 1 when an output could not be written; 130 after a Ctrl-C). ``source``: the
+    :class:`~tritri.fitting.images.TargetImage`; ``image``: the (3, H, W) render; ``values``:
+    the triangles as numpy arrays; ``render(values, H, W, sigma)``: a render at another size
+    (``--render-size``); ``animation``: the :class:`~tritri.fitting.animation.Animation` to
+    finish and write, or None."""
+    import numpy as np
+
     from tritri.fitting.outputs import FitOutputs, write_outputs
 
+    target = source.pixels
     if result.interrupted:
         _note(f"interrupted at step {result.steps} of {args.steps}; writing the outputs")
+    # --alpha / --background exactly as given (the fit held their logits, which are clamped to
+    # [1e-3, 1 - 1e-3]: white was 0.999, under half an 8-bit level away)
+    values = dict(values)
+    if args.alpha is not None:
+        values["opacity"] = np.full_like(values["opacity"], args.alpha)
+    if args.background_rgb is not None:
+        values["background"] = np.asarray(args.background_rgb, np.float32)
+    failed: list[tuple[Path, str]] = []
+    try:
+        shown, shown_target = _shown(args, source, target, values, render)
+    except Exception as err:  # final.png and comparison.png are then at the fit's size
+        shown = shown_target = None
+        failed.append((out / "final.png", f"not rendered at --render-size: {_one_line(err)}"))
     fit = FitOutputs(
         target=target, image=image, values=values, sigma=args.sigma, psnr=result.psnr,
         steps=result.steps, best_step=result.best_step, losses=names,
         image_name=os.fspath(args.image) if args.image is not None else "astronaut.png",
-        history=result.history,
+        history=result.history, shown_image=shown, shown_target=shown_target,
     )  # fmt: skip
     done = write_outputs(out, fit)
-    for name, reason in done.failed:
-        print(f"{_PROG}: error: could not write {out / name}: {reason}", file=sys.stderr)
+    failed += [(out / name, reason) for name, reason in done.failed]
+    if animation is not None and not done.interrupted:
+        try:
+            animation.finish(image)
+            done.files.append(animation.write())
+        except KeyboardInterrupt:
+            done.interrupted = True
+        except Exception as err:
+            failed.append((animation.path, _one_line(err)))
+    for path, reason in failed:
+        print(f"{_PROG}: error: could not write {path}: {reason}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     best = f", the best at step {result.best_step}" if result.best_step < result.steps else ""
     files = ", ".join(str(f) for f in done.files) or "nothing"
@@ -466,9 +765,17 @@ def _write_outputs(
         f"PSNR {result.psnr:.2f} dB (start {start_psnr:.2f} dB) after {result.steps} steps"
         f"{best} in {seconds:.1f} s{stop}; wrote {files}"
     )
-    if result.interrupted or done.interrupted:
-        return 130
-    return 1 if done.failed else 0
+    status = 130 if result.interrupted or done.interrupted else 1 if failed else 0
+    error = "; ".join(f"could not write {p.name}: {r}" for p, r in failed)
+    if status == 130:
+        error = "interrupted" + (f"; {error}" if error else "")
+    return Outcome(status, psnr=float(result.psnr), n=len(values["opacity"]),
+                   steps=result.steps, error=error)  # fmt: skip
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _warmup(args: argparse.Namespace) -> float:
@@ -504,7 +811,49 @@ def _skip_blas_probe() -> None:
             del sys.modules[name]
 
 
-def _run_cpu(args: argparse.Namespace, target) -> int:
+def _start_frames(args: argparse.Namespace, animation: Any, target):
+    """The greedy start's ``on_batch`` for ``animation`` (None without one), after the first
+    frame: the background alone."""
+    import numpy as np
+
+    if animation is None or args.init != "greedy":
+        return None
+    from tritri.fitting.cpu_fit import render_cpu
+
+    bg = args.background_rgb
+    bg = target.mean(axis=(1, 2)) if bg is None else np.asarray(bg, np.float32)
+    animation.add_start(np.broadcast_to(np.asarray(bg, np.float32)[:, None, None], target.shape))
+    _, H, W = target.shape
+    return lambda values: animation.add_start(render_cpu(values, H, W, args.sigma))
+
+
+def _size_steps(args: argparse.Namespace, budget: _Budget | None,
+                pilot: Callable[[int, Callable[..., None]], Any]) -> None:  # fmt: skip
+    """With ``--seconds`` and no ``--steps``: size ``args.steps`` to the time left, from a pilot
+    fit of :attr:`_Budget.PILOT` steps (``pilot(steps, on_step)``, its result dropped): the
+    median of its plain steps after the first (which loads the backward kernels), plus the
+    extra of its 5th step (a relocation or pruning event) for the 4 events in 25 steps of a fit.
+    About 3 % of a 5-s budget at N = 256; a render's time, scaled, missed by up to 2x on a
+    loaded machine."""
+    import numpy as np
+
+    if budget is None or args.steps_given:
+        return
+    stamps = [time.perf_counter()]
+    pilot(_Budget.PILOT, lambda step, image: stamps.append(time.perf_counter()))
+    took = np.diff(stamps)[1:]  # steps 1..5
+    if len(took) < _Budget.PILOT - 1:  # stopped early (Ctrl-C): the default steps
+        return
+    plain = float(np.median(np.delete(took, 3)))
+    args.steps = budget.steps(plain + max(0.0, float(took[3]) - plain) * 4 / 25)
+
+
+def _budget(args: argparse.Namespace) -> _Budget | None:
+    """The ``--seconds`` budget, from now (None without one)."""
+    return _Budget(args.seconds, time.perf_counter()) if args.seconds is not None else None
+
+
+def _run_cpu(args: argparse.Namespace, source) -> Outcome:
     """The fit without torch: numpy, numba (:func:`tritri.fitting.cpu_fit.fit_triangles_cpu`)."""
     _skip_blas_probe()
     from tritri.fitting.cpu_fit import fit_triangles_cpu, render_cpu
@@ -512,14 +861,26 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
     from tritri.fitting.numeric import psnr
     from tritri.losses.monitor import LossMonitor
 
+    target = source.pixels
     names, _, note = _resolve_losses(args, "cpu", cached_vgg_weights_file)
-    start, what, n_keep = _start(args, target)
+    animation = _animation(args)
+    budget = _budget(args)
+    start, what, n_keep = _start(args, target, _start_frames(args, animation, target))
     _startup.resume_gc()  # numba and the kernels are loaded (the start used them)
     out = _out_dir(args)
     if note is not None:
         _note(note)
     _, H, W = target.shape
-    start_psnr = psnr(render_cpu(start, H, W, args.sigma), target)
+    start_image = render_cpu(start, H, W, args.sigma)
+    _size_steps(args, budget, lambda steps, on_step: fit_triangles_cpu(
+        start, target, steps=steps, losses=names, lr=args.lr, lr_verts_px=args.lr_verts,
+        sigma=args.sigma, log_every=0, seed=args.seed, keep_best=False, keep=n_keep,
+        reseed_until=1.0, fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
+    start_psnr = psnr(start_image, target)
+    if animation is not None:
+        if args.init != "greedy":
+            animation.add_start(start_image)
+        animation.plan(args.steps)
     _announce(args, target, n_keep, names, "GeometricMeanLoss", "cpu", what, start_psnr)
     monitor = LossMonitor(out / "metrics.jsonl", warn=False)
     bar, on_warning = _progress(args)
@@ -529,17 +890,41 @@ def _run_cpu(args: argparse.Namespace, target) -> int:
             start, target, steps=args.steps, losses=names, monitor=monitor, lr=args.lr,
             lr_verts_px=args.lr_verts, sigma=args.sigma, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=_warmup(args), keep=n_keep,
+            warmup=_warmup(args), keep=n_keep, fixed_opacity=args.alpha,
+            fixed_background=args.background_rgb is not None,
+            should_stop=budget.should_stop if budget is not None else None,
+            on_step=animation.on_step if animation is not None else None,
         )  # fmt: skip
     finally:
         bar.close()
         monitor.close()
     return _write_outputs(
-        args, out, target, result.image, result.values, result, names, start_psnr, t0
-    )
+        args, out, source, result.image, result.values, result, names, start_psnr, t0,
+        render_cpu, animation,
+    )  # fmt: skip
 
 
-def _run_torch(args: argparse.Namespace, target_np) -> int:
+def _torch_renderer(args: argparse.Namespace, device) -> Callable[..., Any]:
+    """``render(values, H, W, sigma) -> (3, H, W)`` numpy: the triangles through
+    :func:`tritri.render` on ``device`` with ``--backend``."""
+    import numpy as np
+    import torch
+
+    import tritri
+    from tritri.fitting.starts import VALUE_KEYS
+
+    def render(values: dict[str, Any], height: int, width: int, sigma: float):
+        v, c, o, bg = (torch.as_tensor(np.asarray(values[k], np.float32), device=device)
+                       for k in VALUE_KEYS)  # fmt: skip
+        with torch.no_grad():
+            image = tritri.render(v[None], c[None], o[None], height=height, width=width,
+                                  sigma=sigma, background=bg, backend=args.backend)[0]  # fmt: skip
+        return image.float().cpu().numpy()
+
+    return render
+
+
+def _run_torch(args: argparse.Namespace, source) -> Outcome:
     """The fit through torch autograd (:func:`tritri.fitting.fit_triangles`): any device, losses
     and balancer."""
     _startup.resume_gc()
@@ -551,6 +936,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     from tritri.fitting.params import TriangleParams
     from tritri.losses import LossMonitor
 
+    target_np = source.pixels
     device = _device(args.device)
     torch.manual_seed(args.seed)
     target = torch.from_numpy(target_np)
@@ -570,7 +956,9 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
             f"{W}x{H} (raise --size)"
         )
     balancer = _build_balancer(args, names)
-    start, what, n_keep = _start(args, target_np)
+    animation = _animation(args)
+    budget = _budget(args)
+    start, what, n_keep = _start(args, target_np, _start_frames(args, animation, target_np))
     params = TriangleParams.from_values(start)
     out = _out_dir(args)
     if note is not None:
@@ -581,6 +969,7 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
     criterion = criterion.to(device)
     balancer = balancer.to(device)
     encoded = criterion.encode(target[None])
+
     with torch.no_grad():
         verts, colors, opacity, background = params()
         try:
@@ -590,7 +979,17 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
             )[0]  # fmt: skip
         except RuntimeError as err:  # e.g. --backend triton on a CPU without the interpreter
             raise _UsageError(f"--backend {args.backend}: {str(err).splitlines()[0]}") from None
+    _size_steps(args, budget, lambda steps, on_step: fit_triangles(
+        TriangleParams.from_values(start).to(device), target, steps=steps, criterion=criterion,
+        target_encoded=encoded, balancer=copy.deepcopy(balancer), lr=args.lr,
+        lr_verts_px=args.lr_verts, sigma=args.sigma, backend=args.backend, log_every=0,
+        seed=args.seed, keep_best=False, keep=n_keep, reseed_until=1.0,
+        fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
     start_psnr = psnr(start_image, target)
+    if animation is not None:
+        if args.init != "greedy":
+            animation.add_start(start_image.float().cpu().numpy())
+        animation.plan(args.steps)
     _announce(args, target, n_keep, names, type(balancer).__name__, str(device), what, start_psnr)
     monitor = LossMonitor(out / "metrics.jsonl", warn=False)
     bar, on_warning = _progress(args)
@@ -609,7 +1008,10 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
             balancer=balancer, monitor=monitor, lr=args.lr, lr_verts_px=args.lr_verts,
             sigma=args.sigma, backend=args.backend, log_every=args.log_every, seed=args.seed,
             progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=_warmup(args), keep=n_keep,
+            warmup=_warmup(args), keep=n_keep, fixed_opacity=args.alpha,
+            fixed_background=args.background_rgb is not None,
+            should_stop=budget.should_stop if budget is not None else None,
+            on_step=animation.on_step if animation is not None else None,
         )  # fmt: skip
     finally:
         bar.close()
@@ -617,8 +1019,140 @@ def _run_torch(args: argparse.Namespace, target_np) -> int:
         torch.set_num_threads(threads)
     values = {k: v.astype("float32") for k, v in params.values().items()}
     return _write_outputs(
-        args, out, target_np, result.image.cpu().numpy(), values, result, names, start_psnr, t0
+        args, out, source, result.image.cpu().numpy(), values, result, names, start_psnr, t0,
+        _torch_renderer(args, device), animation,
+    )  # fmt: skip
+
+
+def _batchable(args: argparse.Namespace, names: tuple[str, ...]) -> bool:
+    """Whether the torch loop can fit several images as one batch
+    (:func:`tritri.fitting.batch_fit.fit_batch`): pixel losses, the default balancer, numba (for
+    the moves' exact statistics)."""
+    from tritri.cpu import numba_available
+    from tritri.fitting.loss_names import PIXEL_LOSSES
+
+    return (
+        all(n in PIXEL_LOSSES for n in names)
+        and args.config is None
+        and args.balancer == "geometric_mean"
+        and numba_available()
     )
+
+
+def _run_torch_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]]:
+    """Several images in the torch loop, rendered as one batch (B = images, letterboxed to the
+    largest size: :mod:`tritri.fitting.batch_fit`); each image read, started and written as
+    :func:`fit_image` would. ``(outcome, its messages)`` per job, in order. Falls back to one
+    image after the other where the objective cannot be batched (:func:`_batchable`)."""
+    import contextlib
+    import io
+
+    from tritri.fitting.many import run_one
+
+    _startup.resume_gc()
+    import torch
+
+    from tritri.fitting.batch_fit import fit_batch
+    from tritri.fitting.objective import cached_vgg_weights
+    from tritri.losses import LossMonitor
+
+    args = jobs[0]
+    device = _device(args.device)
+    names, _, note = _resolve_losses(args, device.type, cached_vgg_weights)
+    if not _batchable(args, names):
+        return [run_one(fit_image, job, _UsageError, Outcome) for job in jobs]
+    if note is not None:
+        _note(note)
+    begin = time.perf_counter()
+    budget = _budget(args)
+    results: list[tuple[Outcome, str] | None] = [None] * len(jobs)
+    texts = [io.StringIO() for _ in jobs]
+    ready = []  # (index, job, source, start, what, n_keep, out, animation)
+    for i, job in enumerate(jobs):
+        with contextlib.redirect_stderr(texts[i]):
+            try:
+                source = _read_target(job)
+                animation = _animation(job)
+                start, what, n_keep = _start(
+                    job, source.pixels, _start_frames(job, animation, source.pixels)
+                )
+                out = _out_dir(job)
+            except _UsageError as err:
+                results[i] = (Outcome(2, error=str(err)),
+                              texts[i].getvalue() + f"{_PROG}: error: {err}\n")  # fmt: skip
+                continue
+        ready.append((i, job, source, start, what, n_keep, out, animation))
+    if not ready:
+        return results  # type: ignore[return-value]
+    steps_given, n_keep = args.steps_given, ready[0][5]
+    steps = ready[0][1].steps
+    targets = [r[2].pixels for r in ready]
+    sizes = [t.shape[1:] for t in targets]
+    canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    if budget is not None and not steps_given:
+        _size_steps(args, budget, lambda steps, on_step: fit_batch(
+            [r[3] for r in ready], targets, steps=steps, losses=names, lr=args.lr,
+            lr_verts_px=args.lr_verts, sigma=args.sigma, backend=args.backend, device=device,
+            log_every=0, keep=n_keep, seed=args.seed, keep_best=False, reseed_until=1.0,
+            fixed_opacity=args.alpha, on_step=on_step))  # fmt: skip
+        steps = args.steps
+    for r in ready:
+        r[1].steps = steps
+        if r[7] is not None:
+            r[7].plan(steps)
+    _note(
+        f"fitting {len(ready)} images as one batch (B = {len(ready)}, on a {canvas[1]}x"
+        f"{canvas[0]} canvas) with {n_keep} triangles, {steps} steps"
+        + (f" (at most {args.seconds:g} s)" if budget is not None else "")
+        + f", losses {','.join(names)}, GeometricMeanLoss per image, on {device}"
+    )
+    monitors = [LossMonitor(r[6] / "metrics.jsonl", warn=False) for r in ready]
+
+    def warner(path: str) -> Callable[[dict[str, Any]], None]:
+        return lambda event: print(f"{_PROG}: warning: {path}: step {event['step']}: "
+                                   f"{event['message']}", file=sys.stderr)  # fmt: skip
+
+    def on_step(step: int, images: list[Any]) -> None:
+        for r, image in zip(ready, images, strict=True):
+            if r[7] is not None:
+                r[7].on_step(step, image)
+
+    animated = any(r[7] is not None for r in ready)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        from tritri.cpu import set_num_threads
+
+        set_num_threads(threads)
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        fitted = fit_batch(
+            [r[3] for r in ready], targets, steps=steps, losses=names, monitors=monitors,
+            lr=args.lr, lr_verts_px=args.lr_verts, sigma=args.sigma, backend=args.backend,
+            device=device, log_every=args.log_every, keep=n_keep, seed=args.seed,
+            keep_best=not args.last, warmup=_warmup(args),
+            on_warning=[warner(str(r[1].image)) for r in ready], fixed_opacity=args.alpha,
+            fixed_background=args.background_rgb is not None,
+            should_stop=budget.should_stop if budget is not None else None,
+            on_step=on_step if animated else None,
+        )  # fmt: skip
+    finally:
+        for monitor in monitors:
+            monitor.close()
+        torch.set_num_threads(threads)
+    render = _torch_renderer(args, device)
+    share = (time.perf_counter() - begin) / len(ready)
+    for r, result in zip(ready, fitted, strict=True):
+        i, job, source, start = r[0], r[1], r[2], r[3]
+        with contextlib.redirect_stderr(texts[i]):
+            start_psnr = float(result.history[0]["psnr"]) if result.history else result.psnr
+            outcome = _write_outputs(
+                job, r[6], source, result.image.float().cpu().numpy(), result.values, result,
+                names, start_psnr, t0, render, r[7],
+            )  # fmt: skip
+        outcome.seconds = share
+        results[i] = (outcome, texts[i].getvalue())
+    return results  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:

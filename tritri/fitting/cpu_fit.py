@@ -275,6 +275,10 @@ def fit_triangles_cpu(
     progress: Any = None,
     on_warning: Callable[[dict[str, Any]], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    fixed_opacity: float | None = None,
+    fixed_background: bool = False,
+    should_stop: Callable[[int], bool] | None = None,
+    on_step: Callable[[int, np.ndarray], None] | None = None,
 ) -> CpuFitResult:
     """Optimize the triangles ``start`` so that their render matches ``target``, on the CPU.
 
@@ -289,6 +293,8 @@ def fit_triangles_cpu(
         losses: names from ``l1``, ``mse``, balanced by the geometric mean (module docstring).
         monitor: a :class:`tritri.losses.LossMonitor` (or None), given the stats, the render
             and ``psnr=`` every ``log_every`` steps.
+        fixed_opacity, fixed_background, should_stop, on_step: as in ``fit_triangles`` (the
+            render passed to ``on_step`` is a ``(3, H, W)`` float32 array, not clamped).
 
     Returns:
         a :class:`CpuFitResult` (the triangles in ``values``, compacted to ``keep``).
@@ -307,6 +313,8 @@ def fit_triangles_cpu(
         raise ValueError(f"target must be (3, H, W), got {target.shape}")
     _, H, W = target.shape
     params = _logits(start)
+    if fixed_opacity is not None:
+        params["opacity_logits"][:] = _logit(np.float32(fixed_opacity))
     M = params["verts"].shape[0]
     keep = M if keep is None else int(keep)
     if not 1 <= keep <= M:
@@ -317,8 +325,8 @@ def fit_triangles_cpu(
     base_lr = {
         "verts": lr_verts_px / longest,
         "color_logits": lr,
-        "opacity_logits": lr,
-        "background_logits": lr,
+        "opacity_logits": 0.0 if fixed_opacity is not None else lr,
+        "background_logits": 0.0 if fixed_background else lr,
     }
     adam = _Adam(params)
     rng = np.random.default_rng(seed)
@@ -353,8 +361,9 @@ def fit_triangles_cpu(
             image = scene.render()
             params["opacity_logits"][idx] = saved
         verts, colors, opacity = relocation_placement(
-            image, target, k, keep, rng, search=search, blurred_target=blurred_target
-        )
+            image, target, k, keep, rng, search=search, blurred_target=blurred_target,
+            opacity=fixed_opacity,
+        )  # fmt: skip
         stay = np.ones(M, bool)
         stay[idx] = False
         perm = np.concatenate([np.flatnonzero(stay), idx])  # relocated ones on top
@@ -373,6 +382,8 @@ def fit_triangles_cpu(
     t0 = time.perf_counter()
     try:
         for step in range(steps):
+            if should_stop is not None and should_stop(step):
+                break
             factor = lr_factor(step, steps, lr_final, warmup)
             image = scene.render(target)
             stats, w_abs, w_sq, quality, std = _objective(scene.sums, image.shape, names)
@@ -388,7 +399,10 @@ def fit_triangles_cpu(
             if log.due(step):
                 log.record(step, stats, quality, image_std=std)
             log.done(step, moved)
-        step = steps
+            if on_step is not None:
+                on_step(step, image)
+        else:
+            step = steps
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - t0

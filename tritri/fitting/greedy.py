@@ -249,12 +249,13 @@ def draw(image, target, sums, v, alphas, color):
 
 def place(
     image: np.ndarray, target: np.ndarray, centers: np.ndarray, size: float, candidates: int,
-    mutations: int, seed: int,
+    mutations: int, seed: int, alphas: np.ndarray = ALPHAS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Place ``k = len(centers) // candidates`` triangles on ``image`` (3, H, W) one after the
     other, each the best of its ``candidates`` hill-climbed random triangles (around its block of
     ``centers``, pixels) by the error change against ``target``, each drawn into a copy of
-    ``image`` before the next.
+    ``image`` before the next; its opacity the best of ``alphas`` (default :data:`ALPHAS`; one
+    value fixes it).
     Returns vertices (k, 3, 2) pixels, colors (k, 3) and opacities (k,). The candidates of one
     placement are climbed in parallel (:func:`tritri.cpu.numba_raster.run_parallel`)."""
     from tritri.cpu.numba_raster import run_parallel
@@ -270,12 +271,13 @@ def place(
     opacity = np.empty(k)
     score = np.empty(candidates)
     cand_v = np.empty((candidates, 3, 2))
+    alphas = np.ascontiguousarray(alphas, dtype=np.float64)
     for i in range(k):
         block = np.ascontiguousarray(centers[i * candidates : (i + 1) * candidates])
         run_parallel(
-            climb, candidates, sums, block, float(size), int(mutations), ALPHAS,
+            climb, candidates, sums, block, float(size), int(mutations), alphas,
             int(seed) + i * candidates, score, cand_v,
         )  # fmt: skip
         verts[i] = cand_v[int(np.argmin(score))]
-        opacity[i] = draw(image, target, sums, verts[i], ALPHAS, colors[i])
+        opacity[i] = draw(image, target, sums, verts[i], alphas, colors[i])
     return verts, colors, opacity

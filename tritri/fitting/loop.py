@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import tritri
-from tritri.fitting.numeric import psnr
+from tritri.fitting.numeric import logit, psnr
 from tritri.fitting.params import TriangleParams
 from tritri.fitting.schedule import (
     StepLog,
@@ -156,13 +156,14 @@ def _respawn(
     rng: np.random.Generator,
     n_live: int,
     search: tuple[int, int] = (0, 0),
+    opacity: float | None = None,
 ) -> Tensor:
     """Move the triangles ``idx`` on top of the draw order, to where the error is largest.
 
     Each goes where :func:`tritri.fitting.schedule.relocation_placement` puts it on ``image``
-    (with ``search``, a render without them), with fresh Adam state; the others keep their order
-    and state. Returns the permutation applied (new position -> old index), for callers that keep
-    per-triangle data.
+    (with ``search``, a render without them; ``opacity``: fixed), with fresh Adam state; the
+    others keep their order and state. Returns the permutation applied (new position -> old
+    index), for callers that keep per-triangle data.
     """
     verts = params.verts
     N = params.n_triangles
@@ -175,7 +176,7 @@ def _respawn(
         torch.from_numpy(x).to(device)
         for x in relocation_placement(
             image.detach().float().cpu().numpy(), target.detach().float().cpu().numpy(), k,
-            n_live, rng, search=search,
+            n_live, rng, search=search, opacity=opacity,
         )
     )  # fmt: skip
     keep = torch.ones(N, dtype=torch.bool, device=device)
@@ -203,6 +204,7 @@ def _reseed(
     target: Tensor,
     rng: np.random.Generator,
     max_fraction: float,
+    fixed_opacity: float | None = None,
 ) -> int:
     """Move dead triangles (transparent, degenerate or off-screen) to where the error is largest.
 
@@ -221,7 +223,7 @@ def _reseed(
     offscreen = (hi < 0).any(dim=1) | (lo > 1).any(dim=1)
     dead = (opacity < 0.02) | (area < 0.5) | offscreen
     idx = dead.nonzero().flatten()[: max(1, int(max_fraction * N))]
-    _respawn(params, optimizer, idx, image, target, rng, N)
+    _respawn(params, optimizer, idx, image, target, rng, N, opacity=fixed_opacity)
     return int(idx.numel())
 
 
@@ -274,6 +276,10 @@ def fit_triangles(
     progress: Any = None,
     on_warning: Callable[[dict[str, Any]], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    fixed_opacity: float | None = None,
+    fixed_background: bool = False,
+    should_stop: Callable[[int], bool] | None = None,
+    on_step: Callable[[int, Tensor], None] | None = None,
 ) -> FitResult:
     """Optimize ``params`` so that their render matches ``target``.
 
@@ -335,6 +341,14 @@ def fit_triangles(
         progress: a tqdm bar (or None) to update with step, losses and PSNR.
         on_warning: called with each new monitor warning event as it happens.
         on_log: called with each logged record.
+        fixed_opacity: every triangle's opacity, fixed (in (0, 1]; ``tritri fit --alpha``): the
+            opacities are set to it, not optimized, and relocated triangles are placed with it.
+            None (default): learned.
+        fixed_background: the background keeps its start value (not optimized).
+        should_stop: called with the step index before each step; True ends the fit there
+            (``steps`` in the result = the steps done; e.g. a time budget).
+        on_step: called after each step with its index and its render (``(1, 3, H, W)``,
+            the parameters before the step's update; e.g. animation frames).
 
     Returns:
         a :class:`FitResult`; ``params`` hold the returned triangles (the best step's with
@@ -356,14 +370,20 @@ def fit_triangles(
     balancer = balancer if balancer is not None else _Sum()
     tgt = target_encoded if target_encoded is not None else target_b
     longest = max(H, W)
+    if fixed_opacity is not None:
+        with torch.no_grad():
+            params.opacity_logits.fill_(float(logit(np.float64(fixed_opacity))))
+    fixed = [fixed_opacity is not None, fixed_background]
     groups = [
         {"params": [params.verts], "lr": lr_verts_px / longest, "name": "verts"},
         {
-            "params": [params.color_logits, params.opacity_logits, params.background_logits],
+            "params": [params.color_logits]
+            + [p for p, f in zip((params.opacity_logits, params.background_logits), fixed,
+                                 strict=True) if not f],
             "lr": lr,
             "name": "logits",
         },
-    ]
+    ]  # fmt: skip
     extra = [p for p in balancer.parameters() if p.requires_grad]
     if extra:
         groups.append({"params": extra, "lr": lr, "name": "balancer"})
@@ -407,7 +427,7 @@ def fit_triangles(
             return None
         cost = _triangle_costs(params, target, sigma)
         if cost is None:
-            _reseed(params, optimizer, image, target, rng, reseed_fraction)
+            _reseed(params, optimizer, image, target, rng, reseed_fraction, fixed_opacity)
             return "relocated"
         k = max(1, int(reseed_fraction * keep))
         idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
@@ -416,7 +436,8 @@ def fit_triangles(
             params.opacity_logits.data[idx] = _DEAD_LOGIT
             image = render()[0].detach()
             params.opacity_logits.data[idx] = saved
-        perm = _respawn(params, optimizer, idx, image, target, rng, keep, search)
+        perm = _respawn(params, optimizer, idx, image, target, rng, keep, search,
+                        fixed_opacity)  # fmt: skip
         live = live[perm]
         return "relocated"
 
@@ -427,6 +448,8 @@ def fit_triangles(
     start = time.perf_counter()
     try:
         for step in range(steps):
+            if should_stop is not None and should_stop(step):
+                break
             factor = lr_factor(step, steps, lr_final, warmup)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
@@ -453,7 +476,10 @@ def fit_triangles(
                     stats.setdefault(f"loss/{name}", float(value.detach().mean()))
                 log.record(step, stats, quality, image=image.detach())
             log.done(step, moved)
-        step = steps
+            if on_step is not None:
+                on_step(step, image.detach())
+        else:
+            step = steps
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - start

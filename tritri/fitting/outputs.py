@@ -36,9 +36,10 @@ OUTPUTS = ("final.png", "comparison.png", "triangles.svg", "triangles.json", "me
 METRICS = "metrics.jsonl"
 
 
-def prepare_out_dir(out: str | os.PathLike[str]) -> Path:
-    """Create ``out`` (and its parents), check a file can be created in it, and remove the
-    previous run's ``metrics.jsonl``. Raises ``ValueError`` in one line naming the directory."""
+def prepare_out_dir(out: str | os.PathLike[str], *, clean: bool = True) -> Path:
+    """Create ``out`` (and its parents), check a file can be created in it, and (``clean``)
+    remove the previous run's ``metrics.jsonl``. Raises ``ValueError`` in one line naming the
+    directory."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ def prepare_out_dir(out: str | os.PathLike[str]) -> Path:
         fd, probe = tempfile.mkstemp(prefix=".tritri-write-check.", dir=out)
         os.close(fd)
         os.unlink(probe)
-        (out / METRICS).unlink(missing_ok=True)
+        if clean:
+            (out / METRICS).unlink(missing_ok=True)
     except OSError as err:
         raise ValueError(f"cannot write in {str(out)!r}: {_reason(err)}") from None
     return out
@@ -73,6 +75,9 @@ class FitOutputs:
             from.
         losses: the loss names; image_name: the image file (for triangles.json).
         history: the records written to metrics.jsonl (drawn in loss.png).
+        shown_image, shown_target: ``(3, H', W')`` the fit rendered at ``--render-size`` and
+            the target at that size, for final.png and comparison.png (None: ``image`` and
+            ``target``, the fit's size). triangles.svg and triangles.json keep the fit's size.
     """
 
     target: np.ndarray
@@ -85,6 +90,8 @@ class FitOutputs:
     losses: Sequence[str]
     image_name: str
     history: Sequence[dict[str, Any]] = field(default_factory=list)
+    shown_image: np.ndarray | None = None
+    shown_target: np.ndarray | None = None
 
 
 @dataclass
@@ -114,10 +121,12 @@ def _writers(out: Path, fit: FitOutputs) -> list[tuple[str, Callable[[Path], Pat
         path.touch()  # the monitor wrote the records while the fit ran; none: an empty file
         return path
 
+    shown = fit.image if fit.shown_image is None else fit.shown_image
+    shown_target = fit.target if fit.shown_target is None else fit.shown_target
     # the writers are looked up in their modules at call time (tests replace them there)
     return [
-        ("final.png", lambda p: export.save_png(fit.image, p)),
-        ("comparison.png", lambda p: export.save_comparison(fit.target, fit.image, p)),
+        ("final.png", lambda p: export.save_png(shown, p)),
+        ("comparison.png", lambda p: export.save_comparison(shown_target, shown, p)),
         ("triangles.svg", lambda p: export.save_svg(
             v["verts"], v["colors"], v["opacity"], v["background"], p, width=W, height=H,
             title=f"tritri fit: {n} triangles, PSNR {fit.psnr:.2f} dB", sigma=fit.sigma)),

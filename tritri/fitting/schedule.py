@@ -167,6 +167,7 @@ def _error_centers(
 def relocation_placement(
     image: np.ndarray, target: np.ndarray, k: int, n_live: int, rng: np.random.Generator, *,
     search: tuple[int, int] | None = None, blurred_target: np.ndarray | None = None,
+    opacity: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """New vertices ``(k, 3, 2)`` (normalized), colors ``(k, 3)`` and opacities ``(k,)`` for ``k``
     triangles relocated on top of ``image`` (``(3, H, W)``, rendered without them) to fit
@@ -180,6 +181,9 @@ def relocation_placement(
     moves. ``(0, 0)``, or without numba: equilateral triangles at distinct error-drawn pixels,
     in the blurred target's color there, opacity 0.5 (``blurred_target``: ``box_blur(target)``,
     if the caller keeps it).
+
+    ``opacity`` (in (0, 1]; None: chosen per triangle) fixes every new triangle's opacity
+    (``tritri fit --alpha``): the search scores only that one, and the colors are the best for it.
     """
     from tritri.cpu import numba_available
 
@@ -191,11 +195,15 @@ def relocation_placement(
         pick = _error_centers(image, target, k * candidates, rng, replace=True)
         centers = np.stack([pick % W + 0.5, pick // W + 0.5], axis=-1).astype(np.float64)
         size = 0.5 * math.sqrt(1.0 / max(1, n_live)) * max(H, W)
-        v, colors, opacity = place(
-            image, target, centers, size, candidates, mutations, int(rng.integers(1 << 30))
-        )
+        alphas = {} if opacity is None else {"alphas": np.array([float(opacity)])}
+        v, colors, alpha = place(
+            image, target, centers, size, candidates, mutations, int(rng.integers(1 << 30)),
+            **alphas,
+        )  # fmt: skip
+        if opacity is not None:  # also where place() found no pixel to score (its 0.5)
+            alpha[:] = float(opacity)
         verts = v / np.array([W, H])
-        return verts.astype(np.float32), colors.astype(np.float32), opacity.astype(np.float32)
+        return verts.astype(np.float32), colors.astype(np.float32), alpha.astype(np.float32)
     pick = _error_centers(image, target, k, rng, replace=False)
     cy, cx = pick // W, pick % W
     center = np.stack([(cx + 0.5) / W, (cy + 0.5) / H], axis=-1)
@@ -204,4 +212,5 @@ def relocation_placement(
     verts = center[:, None] + radius * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
     blurred = box_blur(target) if blurred_target is None else blurred_target
     colors = np.clip(blurred[:, cy, cx].T, 1e-3, 1 - 1e-3)
-    return verts.astype(np.float32), colors.astype(np.float32), np.full(k, 0.5, np.float32)
+    alpha = 0.5 if opacity is None else float(opacity)
+    return verts.astype(np.float32), colors.astype(np.float32), np.full(k, alpha, np.float32)
