@@ -16,6 +16,15 @@ run on a shared machine does not decide a row:
 - **tritri**: ``python -m tritri fit TARGET.png --triangles N --size SIZE`` with every other option
   at its default, outputs written to a temporary directory (all of them: PNG, SVG, JSON, loss.png).
 
+Images: the README's table fits the bundled photograph and three photos from scikit-image's
+sample data (coffee.png, chelsea.png, rocket.jpg), and textured images from the same place:
+hubble_deep_field.jpg (a star field; NASA, public domain), ihc.png (microscopy, colonic glands
+under immunohistochemical staining; no known copyright restrictions), grass.png and gravel.png
+(CC0 textures), and, with more structure, retina.jpg (a fundus photograph, CC0), cell.png (CC0),
+brick.png (CC0) and moon.png. None is shipped here; they are the files under ``skimage/data/`` of
+``pip download --no-deps scikit-image==0.26.0`` (a wheel is a zip; its ``skimage/data/_fetchers.py``
+gives each image's source and license). Grey images are fitted as RGB.
+
 PSNR is measured the same way for both: the 8-bit result (geometrize's bitmap, tritri's
 ``final.png``) against the 8-bit target. Before timing, one short untimed ``tritri fit`` fills
 numba's on-disk compile cache (the first run after installing compiles the CPU kernels once).
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         f"triangles, alpha {args.alpha}, {args.candidates} candidates x {args.mutations} "
         f"mutations; tritri fit: {settings}; median of {max(1, args.repeat)} runs each\n"
     )
-    print("| photo | N | geometrize | tritri fit | gain | time ratio |")
+    print("| image | N | geometrize | tritri fit | gain | time ratio |")
     print("|---|---:|---|---|---:|---:|")
     for r in rows:
         print(

@@ -34,3 +34,15 @@ def test_every_row_on_a_tiny_image(ceiling, tmp_path, capsys):
     # the same triangles, colors copied to the vertices: the same picture
     assert row["vertex_start"] == pytest.approx(row["default"], abs=0.02)
     assert row["vertex"] >= row["vertex_start"]
+    assert np.isfinite(row["coarse"]) and row["scale"] == 9
+
+
+def test_coarse_error_removed(ceiling):
+    """An error that is all coarse (a constant) goes entirely; one finer than the box (a
+    checkerboard, whose 3 x 3 means are ~1/9 of it inside) mostly stays."""
+    target = np.full((3, 30, 30), 0.5)
+    assert ceiling.coarse_error_removed(target + 0.1, target, 9) > 100
+    y, x = np.mgrid[0:30, 0:30]
+    checker = 0.1 * (-1.0) ** (x + y)
+    kept = ceiling.coarse_error_removed(target + checker, target, 3)
+    assert 20.0 < kept < 20.0 + 1.0  # PSNR of the whole checkerboard error: 20 dB

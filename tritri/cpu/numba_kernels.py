@@ -757,3 +757,102 @@ def removal_cost(
                     T[p] = t_new
             part[pos, 0] = cost
             part[pos, 1] = weight
+
+
+@njit(**_OPTS)
+def color_normal_equations(
+    edges, opacity, cull, start, end, tri_list, H, W, tile, lane_math, target, gram, rhs,
+    w0, w1, step,
+) -> None:  # fmt: skip
+    """Add the (image, tile) items ``range(w0, w1, step)`` to the normal equations of the colors.
+
+    With flat colors the render is linear in them: ``image[c, p] = Σ_n col[n, c] w_n(p) +
+    T(p) bg[c]``, ``w_n(p)`` = alpha times the transmittance in front of triangle n at pixel p
+    (the walk of :func:`raster_forward`: geometry and opacity decide it, colors do not) and T the
+    final transmittance. With ``φ = (w_0, ..., w_{N-1}, T)``, this adds ``Σ_p φ φᵀ`` to ``gram``
+    (B, N + 1, N + 1) and ``Σ_p φ target[:, p]`` to ``rhs`` (B, N + 1, C), float64. Each pixel's
+    contributors are gathered first (per-tile lists), then their products added, so the cost is
+    one walk plus k² per pixel for k contributors. ``lane_math``: the per-pixel math of the
+    vectorized flat-RGB forward (:func:`_lane`, its exp) instead of the scalar walk's, so that
+    the weights are those of the forward that renders the same scene. Not thread-safe across
+    calls that share ``gram`` (run it on one thread).
+    """
+    N = edges.shape[1]
+    C = target.shape[1]
+    ntx = (W + tile - 1) // tile
+    nty = (H + tile - 1) // tile
+    n_tiles = ntx * nty
+    P = tile * tile
+    for w in range(w0, w1, step):
+        b = w // n_tiles
+        t = w % n_tiles
+        row0 = (t // ntx) * tile
+        col0 = (t % ntx) * tile
+        rows = min(tile, H - row0)
+        cols = min(tile, W - col0)
+        L = max(1, end[w] - start[w])
+        T = np.ones(P, np.float32)
+        done = np.zeros(P, np.uint8)
+        count = np.zeros(P, np.int64)
+        ids = np.empty((P, L), np.int64)
+        wts = np.empty((P, L), np.float64)
+        n_live = rows * cols
+        for pos in range(end[w] - 1, start[w] - 1, -1):
+            if n_live == 0:
+                break
+            n = tri_list[pos]
+            e = edges[b, n]
+            c = cull[b, n]
+            o = opacity[b, n]
+            e0, e2, e3, e5, e6, e8 = e[0], e[2], e[3], e[5], e[6], e[8]
+            r_lo, r_hi = _rows(c, row0, rows)
+            for r in range(r_lo, r_hi):
+                py = np.float32(row0 + r + 0.5)
+                lo, hi = _span(e, c, row0 + r + 0.5, col0, col0 + cols)
+                y0, y1, y2 = e[1] * py, e[4] * py, e[7] * py
+                for col in range(lo, hi):
+                    p = r * tile + (col - col0)
+                    if done[p]:
+                        continue
+                    px = np.float32(col + 0.5)
+                    t_before = T[p]
+                    if lane_math:
+                        _, _, _, _, _, a, t_new, stop, use = _lane(
+                            e0, e2, e3, e5, e6, e8, y0, y1, y2, o, px, True, True, t_before
+                        )
+                    else:
+                        z0, z1, z2 = _edge_z(e, px, py)
+                        a = min(o * _sigmoid_scalar(min(z0, z1, z2)), _A_MAX)
+                        t_new = t_before * (_ONE - a)
+                        stop = a >= _A_MIN and t_new < _T_MIN
+                        use = a >= _A_MIN and t_new >= _T_MIN
+                    if stop:
+                        done[p] = 1
+                        n_live -= 1
+                    elif use:
+                        k = count[p]
+                        ids[p, k] = n
+                        wts[p, k] = np.float64(a * t_before)
+                        count[p] = k + 1
+                        T[p] = t_new
+        for r in range(rows):
+            for col in range(cols):
+                p = r * tile + col
+                y, x = row0 + r, col0 + col
+                tf = np.float64(T[p])
+                for i in range(count[p]):
+                    ni = ids[p, i]
+                    wi = wts[p, i]
+                    gram[b, ni, ni] += wi * wi
+                    for j in range(i):
+                        nj = ids[p, j]
+                        g = wi * wts[p, j]
+                        gram[b, ni, nj] += g
+                        gram[b, nj, ni] += g
+                    gram[b, ni, N] += wi * tf
+                    gram[b, N, ni] += wi * tf
+                    for ch in range(C):
+                        rhs[b, ni, ch] += wi * target[b, ch, y, x]
+                gram[b, N, N] += tf * tf
+                for ch in range(C):
+                    rhs[b, N, ch] += tf * target[b, ch, y, x]

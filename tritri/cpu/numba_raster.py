@@ -47,6 +47,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_TILE",
     "TileLists",
+    "color_normal_equations",
     "get_num_threads",
     "numba_available",
     "raster_backward",
@@ -247,3 +248,33 @@ def removal_stats(
     )  # fmt: skip
     sums = k.reduce_pairs(part, lists.tri, lists.start, lists.end, lists.n_tiles, B, N, 2)
     return sums[..., 0], sums[..., 1]
+
+
+def color_normal_equations(
+    edges: np.ndarray, opacity: np.ndarray, cull: np.ndarray, height: int, width: int,
+    target: np.ndarray, tile: int = DEFAULT_TILE, lists: TileLists | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The normal equations of a flat-colored scene's colors: ``(gram, rhs)``, (B, N + 1, N + 1)
+    and (B, N + 1, C) float64.
+
+    Given the geometry and opacities the render is linear in the colors and the background:
+    ``image[c, p] = Σ_n colors[n, c] w_n(p) + T(p) background[c]`` (``w_n`` the visible weight,
+    alpha times the transmittance in front, ``T`` the final transmittance). With
+    ``φ(p) = (w_0(p), ..., w_{N-1}(p), T(p))``: ``gram = Σ_p φ φᵀ`` and ``rhs = Σ_p φ target(p)``,
+    so the colors (rows 0..N-1) and background (row N) ``x`` minimizing the squared error against
+    ``target`` (B, C, H, W) solve ``gram x = rhs``. ``edges``, ``opacity``, ``cull`` as for
+    :func:`raster_forward`; ``lists``: its tile lists for them, if the caller has them. Runs on
+    the calling thread (one walk of the tiles, like a forward, plus the pixels' products)."""
+    k = _kernels()
+    B, N = edges.shape[:2]
+    C = target.shape[1]
+    if lists is None:
+        lists = TileLists(edges, cull, height, width, tile)
+    gram = np.zeros((B, N + 1, N + 1), np.float64)
+    rhs = np.zeros((B, N + 1, C), np.float64)
+    lane_math = C == 3 and tile == k.LANES  # the forward's vectorized path draws such scenes
+    k.color_normal_equations(
+        edges, opacity, cull, lists.start, lists.end, lists.tri, height, width, tile, lane_math,
+        np.ascontiguousarray(target, np.float32), gram, rhs, 0, B * lists.n_tiles, 1,
+    )  # fmt: skip
+    return gram, rhs

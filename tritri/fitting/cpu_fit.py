@@ -9,7 +9,8 @@ numba rasterizer (:mod:`tritri.cpu.numba_raster`), the pixel losses and the geom
 balancer in numpy, and Adam. It makes the same moves at the same steps as ``fit_triangles``
 (shared in :mod:`tritri.fitting.schedule`): pruning an over-complete start down to ``keep`` by each
 triangle's exact removal cost, re-placing the least useful ones greedily where they cut the
-error most, a cosine learning-rate decay, and ending with the best step's triangles.
+error most, a cosine learning-rate decay, and ending with the best step's triangles, their colors
+solved exactly for the squared error (:mod:`tritri.fitting.colors`).
 
 Objective: ``losses`` from ``l1`` (mean absolute error) and ``mse`` (mean squared error) of the
 render against the target, balanced as :class:`tritri.losses.GeometricMeanLoss` does with its
@@ -197,6 +198,21 @@ class _Scene:
             "background_logits": (g_bg * bg * (1 - bg)).astype(np.float32),
         }
 
+    def solve_colors(self, target: np.ndarray, fix_background: bool = False) -> None:
+        """Set the colors and the background to those that minimize the squared error of the
+        render against ``target`` for the current vertices and opacities
+        (:func:`tritri.fitting.colors.best_colors`; never worse than the current ones)."""
+        from tritri.fitting.colors import best_colors
+
+        self.prepare()
+        colors, background = best_colors(
+            self.edges, self.opacity_in, self.cull, self.H, self.W, target, self.colors,
+            self.background, fix_background,
+        )  # fmt: skip
+        self.p["color_logits"][:] = _logit(colors)
+        if not fix_background:
+            self.p["background_logits"][:] = _logit(background)
+
     def removal_costs(self, target: np.ndarray) -> np.ndarray:
         """Per triangle, how much the squared error of the last :meth:`render` would grow
         without it (M,), from that render's tile lists and buffers: the parameters as they were
@@ -272,6 +288,7 @@ def fit_triangles_cpu(
     search: tuple[int, int] | None = None,
     seed: int = 0,
     keep_best: bool = True,
+    solve_colors: bool = True,
     progress: Any = None,
     on_warning: Callable[[dict[str, Any]], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
@@ -295,6 +312,8 @@ def fit_triangles_cpu(
             and ``psnr=`` every ``log_every`` steps.
         fixed_opacity, fixed_background, should_stop, on_step: as in ``fit_triangles`` (the
             render passed to ``on_step`` is a ``(3, H, W)`` float32 array, not clamped).
+        solve_colors: end with the colors and background that minimize the squared error for the
+            returned vertices and opacities (as ``fit_triangles``'s ``solve_colors``).
 
     Returns:
         a :class:`CpuFitResult` (the triangles in ``values``, compacted to ``keep``).
@@ -420,6 +439,10 @@ def fit_triangles_cpu(
         final_psnr = psnr(final, target)
     else:
         best_step = step
+    if solve_colors:
+        scene.solve_colors(target, fix_background=fixed_background)
+        final = np.clip(scene.render(), 0.0, 1.0)
+        final_psnr = psnr(final, target)
     rows = np.flatnonzero(live) if keep < M else np.arange(M)
     values = {
         "verts": params["verts"][rows].copy(),

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import tritri
+from tritri.fitting.loss_names import PIXEL_LOSSES
 from tritri.fitting.numeric import logit, psnr
 from tritri.fitting.params import TriangleParams
 from tritri.fitting.schedule import (
@@ -244,6 +245,38 @@ def _triangle_costs(params: TriangleParams, target: Tensor, sigma: float) -> Ten
     return cost[0].to(params.verts.device)
 
 
+@torch.no_grad()
+def _solve_colors(
+    params: TriangleParams, target: Tensor, sigma: float, fix_background: bool = False
+) -> bool:
+    """Set the colors and background of ``params`` to those that minimize the squared error
+    against ``target`` for their vertices and opacities (:func:`tritri.fitting.colors.best_colors`,
+    numba, on the CPU whatever the fit's device); False (nothing done) without numba."""
+    from tritri.cpu import numba_available
+
+    if not numba_available():
+        return False
+    from tritri.fitting.colors import best_colors
+    from tritri.geometry import prepare_triangles
+
+    _, H, W = target.shape
+    verts, colors, opacity, background = (t.detach().float().cpu() for t in params())
+    prep = prepare_triangles(verts[None], colors[None], opacity[None], H, W, sigma)
+    new_colors, new_background = best_colors(
+        prep.edges.contiguous().numpy(), prep.opacity.contiguous().numpy(),
+        prep.cull.contiguous().numpy(), H, W, target.detach().float().cpu().numpy(),
+        colors.numpy(), background.numpy(), fix_background,
+    )  # fmt: skip
+    device = params.color_logits.device
+    solved = [(params.color_logits, new_colors)]
+    if not fix_background:
+        solved.append((params.background_logits, new_background))
+    for p, value in solved:
+        x = torch.from_numpy(value).to(device=device, dtype=p.dtype)
+        p.data.copy_(torch.log(x) - torch.log1p(-x))
+    return True
+
+
 #: Opacity logit of a pruned slot: opacity ~1e-13, below 1/255, so the renderers cull it.
 _DEAD_LOGIT = -30.0
 
@@ -273,6 +306,7 @@ def fit_triangles(
     search: tuple[int, int] | None = None,
     seed: int = 0,
     keep_best: bool = True,
+    solve_colors: bool | None = None,
     progress: Any = None,
     on_warning: Callable[[dict[str, Any]], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
@@ -338,6 +372,13 @@ def fit_triangles(
         keep_best: end with the parameters of the step whose render had the best PSNR (the last
             ones if they are not worse; only steps after the pruning count), so a fit never ends
             below its start. Off: the last.
+        solve_colors: end with the colors and background that minimize the squared error for
+            the returned vertices and opacities: given those, the render is linear in the colors,
+            and a small box-constrained least-squares solve gives them exactly
+            (:func:`tritri.fitting.colors.best_colors`; numba, on the CPU; never a higher error
+            than the fit's own colors). None (default): when the objective is pixel losses only
+            (``criterion`` None or its ``names`` within ``l1``, ``mse``): the PSNR is then what
+            the fit is for; with a perceptual loss the colors stay the fit's.
         progress: a tqdm bar (or None) to update with step, losses and PSNR.
         on_warning: called with each new monitor warning event as it happens.
         on_log: called with each logged record.
@@ -498,6 +539,12 @@ def fit_triangles(
             final_psnr = psnr(final, target)
         else:
             best_step = step
+        if solve_colors is None:
+            names = getattr(criterion, "names", None)
+            solve_colors = names is not None and set(names) <= set(PIXEL_LOSSES)
+        if solve_colors and _solve_colors(params, target, sigma, fixed_background):
+            final = render()[0].clamp(0, 1)
+            final_psnr = psnr(final, target)
         if keep < M:
             rows = live.nonzero().flatten()
             for p in (params.verts, params.color_logits, params.opacity_logits):
