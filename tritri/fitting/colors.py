@@ -20,13 +20,13 @@ the PSNR, for the geometry the fit ends with (:func:`tritri.fitting.cpu_fit.fit_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from tritri.cpu.numba_cache import njit
 from tritri.fitting.numeric import LOGIT_EPS
 
 __all__ = ["MAX_SWEEPS", "best_colors", "solve_box_lsq"]
 
-_OPTS = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+_OPTS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 #: Sweeps of the coordinate descent at most (it stops earlier once no color moves by TOL).
 MAX_SWEEPS = 200
