@@ -3,6 +3,8 @@ conftest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import devices
 import pytest
 import torch
@@ -36,9 +38,14 @@ def _runs_triton(item: pytest.Item) -> bool:
     )
 
 
+_TESTS_DIR = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(config, items):
+    # This hook sees every collected item, perf/ included; the marker is for the tests here only
+    # (perf's own ``device`` fixture is a plain torch device, not the Triton one).
     for item in items:
-        if _runs_triton(item):
+        if _TESTS_DIR in Path(item.path).resolve().parents and _runs_triton(item):
             item.add_marker(pytest.mark.triton)
     if torch.cuda.is_available():
         return
