@@ -56,18 +56,7 @@ import types
 from pathlib import Path
 from typing import NoReturn
 
-from tritri.fitting.session import (
-    DEFAULTS,
-    PROG,
-    RENDER_CAP,
-    Outcome,
-    UsageError,
-    cpu_fit_applies,
-    fit_batch,
-    fit_image,
-    out_dir,
-    skip_blas_probe,
-)
+from tritri.fitting.session import DEFAULTS, PROG, RENDER_CAP, UsageError, fit_image
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -300,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         if _several(args.images):
             from tritri.fitting.many import run_many
 
-            return run_many(args, _Fitters())
+            return run_many(args)
         args.image = args.images[0] if args.images else None
         return fit_image(args).status
     except UsageError as err:
@@ -311,19 +300,6 @@ def run(args: argparse.Namespace) -> int:
 def _several(images: list[str]) -> bool:
     """Whether IMAGE names several images: more than one path, or a folder."""
     return len(images) > 1 or (len(images) == 1 and Path(images[0]).is_dir())
-
-
-class _Fitters:
-    """What :func:`tritri.fitting.many.run_many` needs from here (passed in, not imported, so
-    that the two modules do not import each other)."""
-
-    UsageError = UsageError
-    Outcome = Outcome
-    fit_image = staticmethod(fit_image)
-    cpu_fit_applies = staticmethod(cpu_fit_applies)
-    out_dir = staticmethod(out_dir)
-    prepare_cpu = staticmethod(skip_blas_probe)
-    fit_batch = staticmethod(fit_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -741,15 +741,14 @@ def _batchable(args: argparse.Namespace, names: tuple[str, ...]) -> bool:
     )
 
 
-def fit_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]]:
+def fit_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]] | None:
     """Several images in the torch loop, rendered as one batch (B = images, letterboxed to the
     largest size: :mod:`tritri.fitting.batch_fit`); each image read, started and written as
-    :func:`fit_image` would. ``(outcome, its messages)`` per job, in order. Falls back to one
-    image after the other where the objective cannot be batched (:func:`_batchable`)."""
+    :func:`fit_image` would. ``(outcome, its messages)`` per job, in order; None where the
+    objective cannot be batched (:func:`_batchable`): the images are then fitted one after the
+    other (:func:`tritri.fitting.many.run_one`)."""
     import contextlib
     import io
-
-    from tritri.fitting.many import run_one
 
     _startup.resume_gc()
     import torch
@@ -762,7 +761,7 @@ def fit_batch(jobs: list[argparse.Namespace]) -> list[tuple[Outcome, str]]:
     device = _device(args.device)
     names, _, note = _resolve_losses(args, device.type, cached_vgg_weights)
     if not _batchable(args, names):
-        return [run_one(fit_image, job, UsageError, Outcome) for job in jobs]
+        return None
     if note is not None:
         _note(note)
     begin = time.perf_counter()
