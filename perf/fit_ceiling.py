@@ -48,8 +48,8 @@ def flat_fit(
     """The CPU fit as ``tritri fit --triangles n`` runs it (greedy start, 5 % warm-up), with
     ``steps`` (None: its default by count), ``seed``, ``sigma`` and ``reseed_every`` changeable.
     Returns the :class:`tritri.fitting.cpu_fit.CpuFitResult`."""
-    from tritri.fitting.cli import default_steps
     from tritri.fitting.cpu_fit import fit_triangles_cpu
+    from tritri.fitting.session import default_steps
     from tritri.fitting.starts import greedy_start
 
     steps = default_steps(n) if steps is None else steps

@@ -265,19 +265,19 @@ def test_cli_cpu_fit_beside_the_torch_loop(tmp_path):
 def test_which_loop_runs(extra, expected, monkeypatch):
     import argparse
 
-    from tritri.fitting import cli as fit
+    from tritri.fitting import cli, session
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(fit, "_cuda_possible", lambda: False)
+    monkeypatch.setattr(session, "_cuda_possible", lambda: False)
     parser = argparse.ArgumentParser()
-    fit.add_arguments(parser)
-    assert fit._cpu_fit_applies(parser.parse_args(extra)) is expected
-    monkeypatch.setattr(fit, "_cuda_possible", lambda: True)
-    assert fit._cpu_fit_applies(parser.parse_args(extra)) is (expected and "--device" in extra)
+    cli.add_arguments(parser)
+    assert session.cpu_fit_applies(parser.parse_args(extra)) is expected
+    monkeypatch.setattr(session, "_cuda_possible", lambda: True)
+    assert session.cpu_fit_applies(parser.parse_args(extra)) is (expected and "--device" in extra)
     # under the Triton interpreter "auto" means Triton, as for tritri.render; numba stays numba
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(fit, "_cuda_possible", lambda: False)
-    assert fit._cpu_fit_applies(parser.parse_args(extra)) is (expected and "numba" in extra)
+    monkeypatch.setattr(session, "_cuda_possible", lambda: False)
+    assert session.cpu_fit_applies(parser.parse_args(extra)) is (expected and "numba" in extra)
 
 
 def test_vgg_file_name_matches_the_url():

@@ -13,8 +13,8 @@ import torch
 
 from tritri.cli import main
 from tritri.fitting import fit_triangles, init_delaunay, load_image
-from tritri.fitting.cli import _warmup, default_steps
 from tritri.fitting.loop import _Adam
+from tritri.fitting.session import _warmup, default_steps
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +120,7 @@ def test_warm_up_lasts_at_least_a_few_steps():
 
 def test_fit_imports_nothing_it_does_not_use(tmp_path):
     """No torch._dynamo (torch.optim), no matplotlib, no other subcommand's module, no
-    scipy.linalg (numba's BLAS probe, answered by tritri.fitting.cli._skip_blas_probe)."""
+    scipy.linalg (numba's BLAS probe, answered by tritri.fitting.session.skip_blas_probe)."""
     code = (
         "import sys\n"
         "from tritri.cli import main\n"

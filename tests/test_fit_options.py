@@ -90,7 +90,7 @@ def test_render_size_is_a_render_of_the_triangles_at_that_size(capsys, tmp_path,
 
 
 def test_render_size_default_is_the_input_size_up_to_1024(capsys, tmp_path, photo):
-    from tritri.fitting.cli import RENDER_CAP
+    from tritri.fitting.session import RENDER_CAP
 
     out = tmp_path / "default"
     rc, err = fit(capsys, str(photo), "--size", "16", "-n", "4", "--steps", "1",
@@ -202,11 +202,11 @@ def test_animation_off_costs_no_frames(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_seconds_budget_respected_within_one_step(capsys, tmp_path, monkeypatch, backend):
-    from tritri.fitting import cli
+    from tritri.fitting import session
 
     calls: list[tuple[float, bool]] = []
     budgets = []
-    real = cli._Budget.should_stop
+    real = session.Budget.should_stop
 
     def spy(self, step):
         stop = real(self, step)
@@ -214,7 +214,7 @@ def test_seconds_budget_respected_within_one_step(capsys, tmp_path, monkeypatch,
         budgets.append(self)
         return stop
 
-    monkeypatch.setattr(cli._Budget, "should_stop", spy)
+    monkeypatch.setattr(session.Budget, "should_stop", spy)
     seconds = 2.0
     out = tmp_path / "out"
     rc, err = fit(capsys, "--size", "24", "-n", "8", "--steps", "100000", "--seconds",

@@ -17,6 +17,8 @@ TORCH_FREE = [
     "tritri",
     "tritri.cli",
     "tritri.fitting.cli",
+    "tritri.fitting.session",
+    "tritri.fitting.many",
     "tritri.fitting",
     "tritri.fitting.export",
     "tritri.fitting.images",

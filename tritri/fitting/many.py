@@ -16,10 +16,10 @@ How the images share the machine:
   step is serial numpy and Python between the rasterizer's parallel calls).
 - **the torch loop** (a GPU, ``--backend torch/triton``, other losses or balancers): the images
   go through the renderer together, ``--batch`` at a time (:mod:`tritri.fitting.batch_fit`, from
-  :mod:`tritri.fitting.cli`).
+  :func:`tritri.fitting.session.fit_batch`).
 
-This module does not import :mod:`tritri.fitting.cli`; the cli passes in what it needs (the
-per-image fit, its error type).
+Each image's fit is :func:`tritri.fitting.session.fit_image`; this module does not import
+:mod:`tritri.fitting.cli`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tritri.fitting.session import (
+    PROG,
+    Outcome,
+    UsageError,
+    cpu_fit_applies,
+    fit_batch,
+    fit_image,
+    out_dir,
+    skip_blas_probe,
+)
+
 __all__ = ["SUMMARY_COLUMNS", "collect_images", "folder_names", "plan_jobs", "run_many",
            "write_summary"]  # fmt: skip
 
-_PROG = "tritri fit"
 #: The columns of ``summary.csv``: the image as given, its output folder (relative to --out;
 #: empty when none was made: an image that could not be read),
 #: the triangles, the PSNR (dB, at the fit's size), the wall time of its fit (s; in a batch: the
@@ -158,31 +168,30 @@ def _row(image: Path, folder: str, outcome: Any) -> dict[str, Any]:
     }
 
 
-def run_one(fit_image: Callable[[argparse.Namespace], Any], job: argparse.Namespace,
-            usage_error: type[Exception], outcome_type: type) -> tuple[Any, str]:  # fmt: skip
-    """Fit one image (``fit_image(job)``) with its messages captured; ``(outcome, messages)``.
-    Any exception becomes a failed outcome (status 2 for ``usage_error``: a bad image), so one
-    image never stops the others; Ctrl-C outside the fit loop (which handles it itself) is an
-    interrupted outcome."""
+def run_one(job: argparse.Namespace) -> tuple[Outcome, str]:
+    """Fit one image (:func:`~tritri.fitting.session.fit_image`) with its messages captured;
+    ``(outcome, messages)``. Any exception becomes a failed outcome (status 2 for a
+    :class:`~tritri.fitting.session.UsageError`: a bad image), so one image never stops the
+    others; Ctrl-C outside the fit loop (which handles it itself) is an interrupted outcome."""
     captured = io.StringIO()
     begin = time.perf_counter()
     try:
         with contextlib.redirect_stderr(captured):
             outcome = fit_image(job)
-    except usage_error as err:
-        outcome = outcome_type(2, error=str(err))
+    except UsageError as err:
+        outcome = Outcome(2, error=str(err))
     except KeyboardInterrupt:
-        outcome = outcome_type(130, error="interrupted")
+        outcome = Outcome(130, error="interrupted")
     except Exception as err:  # a bug with one image: reported, the others go on
         lines = str(err).strip().splitlines()
-        outcome = outcome_type(1, error=f"{type(err).__name__}: {lines[0] if lines else ''}")
+        outcome = Outcome(1, error=f"{type(err).__name__}: {lines[0] if lines else ''}")
     if not outcome.seconds:
         outcome.seconds = time.perf_counter() - begin
     text = captured.getvalue()
     if outcome.status == 2:
-        text += f"{_PROG}: error: {outcome.error}\n"
+        text += f"{PROG}: error: {outcome.error}\n"
     elif outcome.status == 1 and outcome.error and "could not write" not in text:
-        text += f"{_PROG}: error: {job.image}: {outcome.error}\n"
+        text += f"{PROG}: error: {job.image}: {outcome.error}\n"
     return outcome, text
 
 
@@ -203,8 +212,7 @@ def _worker_init(threads: int, stop: Any) -> None:
     _STOP = stop
 
 
-def _work(fit_image: Callable[[argparse.Namespace], Any], job: argparse.Namespace,
-          usage_error: type[Exception], outcome_type: type) -> tuple[Any, str] | None:  # fmt: skip
+def _work(job: argparse.Namespace) -> tuple[Outcome, str] | None:
     """:func:`run_one` in a worker process, with Ctrl-C stopping the fit (which writes its
     outputs, as a single fit does, and stops the images queued after it); None when the run was
     stopped before this image."""
@@ -212,7 +220,7 @@ def _work(fit_image: Callable[[argparse.Namespace], Any], job: argparse.Namespac
         return None
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        outcome, text = run_one(fit_image, job, usage_error, outcome_type)
+        outcome, text = run_one(job)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if outcome.status == 130 and _STOP is not None:
@@ -234,35 +242,31 @@ def _jobs(args: argparse.Namespace, images: list[Path], names: list[str], top: P
     return jobs
 
 
-def run_many(args: argparse.Namespace, fitters: Any) -> int:
-    """Fit every image ``args.images`` names (module docstring); the exit status.
-
-    ``fitters`` (from :mod:`tritri.fitting.cli`): ``fit_image(args) -> Outcome``,
-    ``fit_batch(jobs) -> [Outcome]`` (the torch loop's batches), ``cpu_fit_applies(args)``,
-    ``out_dir(args) -> Path``, ``prepare_cpu()``, ``Outcome``, ``UsageError``."""
+def run_many(args: argparse.Namespace) -> int:
+    """Fit every image ``args.images`` names (module docstring); the exit status."""
     from tqdm import tqdm
 
     from tritri import _startup
 
     images, notes = collect_images(args.images)
     if not images:
-        raise fitters.UsageError(f"no image files in {', '.join(map(str, args.images))}")
+        raise UsageError(f"no image files in {', '.join(map(str, args.images))}")
     for note in notes:
-        print(f"{_PROG}: {note}", file=sys.stderr)
+        print(f"{PROG}: {note}", file=sys.stderr)
     if args.init not in ("greedy", "delaunay", "random"):
-        raise fitters.UsageError(
+        raise UsageError(
             "--init FILE.json continues one fit; with several images use greedy, delaunay or random"
         )
-    top = fitters.out_dir(args)
+    top = out_dir(args)
     names = folder_names(images)
     jobs = _jobs(args, images, names, top)
-    cpu = fitters.cpu_fit_applies(args)
+    cpu = cpu_fit_applies(args)
     _startup.resume_gc()
     procs, threads = plan_jobs(len(jobs), cpu_cores(), args.jobs) if cpu else (1, 0)
     how = f"{procs} processes x {threads} threads" if procs > 1 else "one after the other"
     if not cpu:
         how = f"the torch loop, up to {args.batch} images a batch"
-    print(f"{_PROG}: fitting {len(jobs)} images into {top}/ ({how})", file=sys.stderr)
+    print(f"{PROG}: fitting {len(jobs)} images into {top}/ ({how})", file=sys.stderr)
     outcomes: list[Any] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc="images", unit="image", dynamic_ncols=True,
                disable=args.quiet, file=sys.stderr)  # fmt: skip
@@ -282,12 +286,12 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
     interrupted = False
     try:
         if not cpu:
-            interrupted = _run_batches(jobs, args.batch, fitters, done)
+            interrupted = _run_batches(jobs, args.batch, done)
         elif procs == 1:
-            interrupted = _run_here(jobs, fitters, done)
+            interrupted = _run_here(jobs, done)
         else:
-            fitters.prepare_cpu()
-            interrupted = _run_pool(jobs, procs, threads, fitters, done)
+            skip_blas_probe()
+            interrupted = _run_pool(jobs, procs, threads, done)
     finally:
         bar.close()
     rows = [_row(image, name if (top / name).is_dir() else "", outcome)
@@ -295,13 +299,13 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
     try:
         summary = write_summary(top / SUMMARY, rows)
     except OSError as err:
-        print(f"{_PROG}: error: could not write {top / SUMMARY}: {err.strerror or err}",
+        print(f"{PROG}: error: could not write {top / SUMMARY}: {err.strerror or err}",
               file=sys.stderr)  # fmt: skip
         summary = None
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r for r in rows if r["status"].startswith("failed")]
     interrupted = interrupted or any(o is not None and o.status == 130 for o in outcomes)
-    print(f"{_PROG}: {ok} of {len(rows)} images fitted"
+    print(f"{PROG}: {ok} of {len(rows)} images fitted"
           + (f", {len(failed)} failed ({', '.join(r['image'] for r in failed)})" if failed else "")
           + ("; interrupted" if interrupted else "")
           + (f"; wrote {summary}" if summary is not None else ""), file=sys.stderr)  # fmt: skip
@@ -310,17 +314,17 @@ def run_many(args: argparse.Namespace, fitters: Any) -> int:
     return 1 if failed or summary is None else 0
 
 
-def _run_here(jobs: list[argparse.Namespace], fitters: Any, done: Callable[..., None]) -> bool:
+def _run_here(jobs: list[argparse.Namespace], done: Callable[..., None]) -> bool:
     """The images one after the other in this process; whether Ctrl-C stopped them."""
     for i, job in enumerate(jobs):
-        outcome, text = run_one(fitters.fit_image, job, fitters.UsageError, fitters.Outcome)
+        outcome, text = run_one(job)
         done(i, outcome, text)
         if outcome.status == 130:
             return True
     return False
 
 
-def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters: Any,
+def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int,
               done: Callable[..., None]) -> bool:  # fmt: skip
     """The images on ``procs`` worker processes; whether Ctrl-C stopped them. After a Ctrl-C
     (which the workers' fits also get: each writes its outputs) no further image starts."""
@@ -334,10 +338,7 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=procs, mp_context=context,
                                initializer=_worker_init, initargs=(threads, stop))  # fmt: skip
-    pending = {
-        pool.submit(_work, fitters.fit_image, job, fitters.UsageError, fitters.Outcome): i
-        for i, job in enumerate(jobs)
-    }
+    pending = {pool.submit(_work, job): i for i, job in enumerate(jobs)}
     interrupted = False
     try:
         while pending:
@@ -356,9 +357,9 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
                 try:
                     result = future.result()
                 except Exception as err:  # the worker died (killed, out of memory)
-                    outcome = fitters.Outcome(1, error=f"worker process failed: "
-                                                       f"{type(err).__name__}")  # fmt: skip
-                    result = (outcome, f"{_PROG}: error: {jobs[i].image}: {outcome.error}\n")
+                    outcome = Outcome(1, error=f"worker process failed: "
+                                               f"{type(err).__name__}")  # fmt: skip
+                    result = (outcome, f"{PROG}: error: {jobs[i].image}: {outcome.error}\n")
                 if result is None:  # not started: the run was stopped
                     continue
                 outcome, text = result
@@ -373,13 +374,16 @@ def _run_pool(jobs: list[argparse.Namespace], procs: int, threads: int, fitters:
     return interrupted
 
 
-def _run_batches(jobs: list[argparse.Namespace], batch: int, fitters: Any,
+def _run_batches(jobs: list[argparse.Namespace], batch: int,
                  done: Callable[..., None]) -> bool:  # fmt: skip
-    """The images through the torch loop, ``batch`` at a time (``fitters.fit_batch``);
-    whether Ctrl-C stopped them."""
+    """The images through the torch loop, ``batch`` at a time
+    (:func:`~tritri.fitting.session.fit_batch`; one after the other where the objective cannot be
+    batched); whether Ctrl-C stopped them."""
     for first in range(0, len(jobs), batch):
         group = jobs[first : first + batch]
-        results = fitters.fit_batch(group)
+        results = fit_batch(group)
+        if results is None:
+            results = [run_one(job) for job in group]
         for k, (outcome, own) in enumerate(results):
             done(first + k, outcome, own)
         if any(o.status == 130 for o, _ in results):
