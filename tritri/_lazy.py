@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["lazy_getattr"]
+__all__ = ["lazy_exports", "lazy_getattr"]
 
 
 def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
@@ -20,3 +20,17 @@ def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], An
         return getattr(importlib.import_module(module), name)
 
     return __getattr__
+
+
+def lazy_exports(
+    namespace: MutableMapping[str, Any], exports: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The ``__getattr__`` and ``__dir__`` of the package whose ``globals()`` is ``namespace``:
+    each of ``exports`` (name -> module) is imported on first use; ``dir()`` lists the package's
+    own names and every export. Use: ``__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)``.
+    """
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return lazy_getattr(namespace["__name__"], exports), __dir__

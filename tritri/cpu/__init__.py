@@ -16,7 +16,7 @@ imports neither torch nor numba.
 
 from __future__ import annotations
 
-from tritri._lazy import lazy_getattr
+from tritri._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_TILE": "tritri.cpu.numba_raster",
@@ -29,9 +29,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

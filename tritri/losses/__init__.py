@@ -5,7 +5,7 @@ Names are imported on first use so that ``import tritri.losses`` stays cheap.
 
 from __future__ import annotations
 
-from tritri._lazy import lazy_getattr
+from tritri._lazy import lazy_exports
 
 _EXPORTS = {
     # image losses on one shared VGG16 pass
@@ -26,10 +26,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -13,23 +13,9 @@ Launches never import this package (only :mod:`tritri.configs`); it imports no G
 
 from __future__ import annotations
 
-from tritri.configs import (
-    ENV_CONFIG_DIR,
-    SCHEMA_VERSION,
-    ConfigFileError,
-    ConfigWarning,
-    clear_cache,
-    current_device_name,
-    default_config,
-    defaults,
-    device_slug,
-    find_config,
-    get_config,
-    launch_config,
-    load_config_file,
-    register_default,
-    registered_kernels,
-)
+from tritri import configs
+from tritri.configs import *  # noqa: F403  (the config API, re-exported: configs.__all__)
+from tritri.configs import defaults
 from tritri.tuning.tuner import (
     Choice,
     NoViableConfig,
@@ -40,25 +26,12 @@ from tritri.tuning.tuner import (
 )
 
 __all__ = [
-    "ENV_CONFIG_DIR",
-    "SCHEMA_VERSION",
+    *configs.__all__,
     "Choice",
-    "ConfigFileError",
-    "ConfigWarning",
     "NoViableConfig",
     "choose_config",
-    "clear_cache",
-    "current_device_name",
-    "default_config",
     "defaults",
-    "device_slug",
-    "find_config",
-    "get_config",
-    "launch_config",
-    "load_config_file",
-    "register_default",
     "register_tunable",
-    "registered_kernels",
     "tunables",
     "write_config_file",
 ]
