@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +33,14 @@ import torch
 from torch import Tensor
 
 import tritri
+from tritri.fitting.cpu_fit import CpuFitResult
 from tritri.fitting.loss_names import PIXEL_LOSSES
 from tritri.fitting.numeric import logit
 from tritri.fitting.schedule import (
+    DEAD_LOGIT,
+    GEOMETRIC_EPS,
+    GEOMETRIC_MIN_LOSS,
+    GEOMETRIC_REG_WEIGHT,
     StepLog,
     greedy_search,
     lr_factor,
@@ -46,35 +51,13 @@ from tritri.fitting.starts import VALUE_KEYS
 
 __all__ = ["BatchFitResult", "fit_batch"]
 
-#: GeometricMeanLoss's defaults: epsilon, min_loss_value, regularization_weight.
-_EPS, _MIN_LOSS, _REG_WEIGHT = 1e-8, 1e-4, 0.01
-#: Opacity logit of a pruned slot (as in the single fits).
-_DEAD_LOGIT = -30.0
-
 
 @dataclass
-class BatchFitResult:
-    """One image's result from :func:`fit_batch` (as :class:`tritri.fitting.FitResult`).
-
-    Attributes:
-        image: ``(3, H, W)`` the final render at the image's size, clamped to [0, 1] (on the
-            fit's device).
-        psnr: its PSNR against the target, dB.
-        values: the triangles (numpy, float32): ``verts`` (n, 3, 2) normalized to the image,
-            ``colors`` (n, 3), ``opacity`` (n,), ``background`` (3,); index order = draw order.
-        steps, best_step, interrupted, seconds, history, warnings: as in ``FitResult`` (steps,
-            interrupted and seconds are the batch's).
-    """
-
-    image: Tensor
-    psnr: float
-    values: dict[str, np.ndarray]
-    steps: int
-    best_step: int
-    interrupted: bool
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[dict[str, Any]] = field(default_factory=list)
+class BatchFitResult(CpuFitResult):
+    """One image's result from :func:`fit_batch`: the fields of
+    :class:`tritri.fitting.cpu_fit.CpuFitResult`, with ``image`` a tensor on the fit's device
+    (``(3, H, W)`` at the image's size, clamped to [0, 1]); ``steps``, ``interrupted`` and
+    ``seconds`` are the batch's."""
 
 
 class _Adam:
@@ -131,14 +114,14 @@ def _objective(
     reg_all = image.new_zeros(image.shape[0])
     for name in names:
         L = values[name]
-        under = (L < _MIN_LOSS).float()
-        reg = _REG_WEIGHT * (_MIN_LOSS - L).square() * under
-        log = torch.log(L + _EPS)
+        under = (L < GEOMETRIC_MIN_LOSS).float()
+        reg = GEOMETRIC_REG_WEIGHT * (GEOMETRIC_MIN_LOSS - L).square() * under
+        log = torch.log(L + GEOMETRIC_EPS)
         total = total + (log + reg).sum()
         reg_all = reg_all + reg.detach()
         per[f"loss/{name}"] = L.detach()
-        per[f"weight/{name}"] = (1.0 / (L + _EPS) - 2.0 * _REG_WEIGHT * (_MIN_LOSS - L) * under
-                                 ).detach()  # fmt: skip
+        reg_slope = 2.0 * GEOMETRIC_REG_WEIGHT * (GEOMETRIC_MIN_LOSS - L) * under
+        per[f"weight/{name}"] = (1.0 / (L + GEOMETRIC_EPS) - reg_slope).detach()
         per[f"log/{name}"] = log.detach()
     with torch.no_grad():
         clamped = ((image.clamp(0, 1) - target) * mask).square().sum((1, 2, 3)) / count
@@ -316,7 +299,7 @@ def fit_batch(
                 score = torch.where(live[b], costs(b), torch.inf)
                 idx = torch.argsort(score, stable=True)[: n_live[b] - goal]
                 live[b, idx] = False
-                params["opacity_logits"][b, idx] = _DEAD_LOGIT
+                params["opacity_logits"][b, idx] = DEAD_LOGIT
                 adam.reset_rows(b, idx)
                 moved[b] = "pruned"
             return moved
@@ -333,7 +316,7 @@ def fit_batch(
         if search[0] > 0:  # the images without them, to place their replacements on
             saved = params["opacity_logits"].clone()
             for b, idx in chosen.items():
-                params["opacity_logits"][b, idx] = _DEAD_LOGIT
+                params["opacity_logits"][b, idx] = DEAD_LOGIT
             image = render()
             params["opacity_logits"].copy_(saved)
         views = crops(image)
@@ -385,7 +368,7 @@ def fit_batch(
                     best_state[b]["live"] = live[b].clone()
             adam.step({k: v * factor for k, v in base_lr.items()})
             with torch.no_grad():
-                params["opacity_logits"][~live] = _DEAD_LOGIT
+                params["opacity_logits"][~live] = DEAD_LOGIT
             moved = move(step, image.detach()) if step in events else [None] * B
             for b, log in enumerate(logs):
                 if log.due(step):
@@ -406,7 +389,7 @@ def fit_batch(
                 score = torch.where(live[b], params["opacity_logits"][b], -torch.inf)
                 live[b] = False
                 live[b, torch.argsort(score, descending=True, stable=True)[:keep]] = True
-                params["opacity_logits"][b][~live[b]] = _DEAD_LOGIT
+                params["opacity_logits"][b][~live[b]] = DEAD_LOGIT
         final = render().clamp(0, 1)
         _, _, final_psnr, _ = _objective(final, target, mask, npix, names)
         restored = False

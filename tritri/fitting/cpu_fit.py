@@ -31,6 +31,10 @@ import numpy as np
 from tritri.fitting.loss_names import PIXEL_LOSSES
 from tritri.fitting.numeric import logit, psnr, sigmoid
 from tritri.fitting.schedule import (
+    DEAD_LOGIT,
+    GEOMETRIC_EPS,
+    GEOMETRIC_MIN_LOSS,
+    GEOMETRIC_REG_WEIGHT,
     StepLog,
     box_blur,
     greedy_search,
@@ -43,10 +47,6 @@ __all__ = ["CPU_LOSSES", "CpuFitResult", "fit_triangles_cpu", "render_cpu"]
 
 #: The losses this loop computes: the pixel ones.
 CPU_LOSSES = PIXEL_LOSSES
-#: GeometricMeanLoss's defaults: epsilon, min_loss_value, regularization_weight.
-_EPS, _MIN_LOSS, _REG_WEIGHT = 1e-8, 1e-4, 0.01
-#: Opacity logit of a pruned slot (as in fit_triangles): opacity ~1e-13, culled by the renderer.
-_DEAD_LOGIT = -30.0
 
 
 def render_cpu(values: dict[str, np.ndarray], height: int, width: int, sigma: float) -> np.ndarray:
@@ -245,10 +245,12 @@ def _objective(
     w_abs = w_sq = 0.0
     for name in names:
         L = float(values[name])
-        log = math.log(L + _EPS)
-        under = L < _MIN_LOSS
-        penalty = _REG_WEIGHT * (_MIN_LOSS - L) ** 2 if under else 0.0
-        weight = 1.0 / (L + _EPS) - (2.0 * _REG_WEIGHT * (_MIN_LOSS - L) if under else 0.0)
+        log = math.log(L + GEOMETRIC_EPS)
+        under = L < GEOMETRIC_MIN_LOSS
+        penalty = GEOMETRIC_REG_WEIGHT * (GEOMETRIC_MIN_LOSS - L) ** 2 if under else 0.0
+        weight = 1.0 / (L + GEOMETRIC_EPS) - (
+            2.0 * GEOMETRIC_REG_WEIGHT * (GEOMETRIC_MIN_LOSS - L) if under else 0.0
+        )
         stats["total"] += log + penalty
         stats["regularization"] += penalty
         stats[f"loss/{name}"] = L
@@ -367,7 +369,7 @@ def fit_triangles_cpu(
             score = np.where(live, scene.removal_costs(target), np.inf)
             idx = np.argsort(score, kind="stable")[: n_live - goal]
             live[idx] = False
-            params["opacity_logits"][idx] = _DEAD_LOGIT
+            params["opacity_logits"][idx] = DEAD_LOGIT
             adam.reset_rows(idx)
             return "pruned"
         if n_live != keep or reseed_fraction <= 0:
@@ -376,7 +378,7 @@ def fit_triangles_cpu(
         idx = np.argsort(np.where(live, scene.removal_costs(target), np.inf), kind="stable")[:k]
         if search[0] > 0:  # the image without them, to place their replacements on
             saved = params["opacity_logits"][idx].copy()
-            params["opacity_logits"][idx] = _DEAD_LOGIT
+            params["opacity_logits"][idx] = DEAD_LOGIT
             image = scene.render()
             params["opacity_logits"][idx] = saved
         verts, colors, opacity = relocation_placement(
@@ -413,7 +415,7 @@ def fit_triangles_cpu(
                 best_state = ({k: v.copy() for k, v in params.items()}, live.copy())
             adam.step(params, grads, {k: v * factor for k, v in base_lr.items()})
             if not live.all():
-                params["opacity_logits"][~live] = _DEAD_LOGIT
+                params["opacity_logits"][~live] = DEAD_LOGIT
             moved = move(step, image) if step in events else None
             if log.due(step):
                 log.record(step, stats, quality, image_std=std)
@@ -429,7 +431,7 @@ def fit_triangles_cpu(
         score = np.where(live, params["opacity_logits"], -np.inf)
         live = np.zeros(M, bool)
         live[np.argsort(-score, kind="stable")[:keep]] = True
-        params["opacity_logits"][~live] = _DEAD_LOGIT
+        params["opacity_logits"][~live] = DEAD_LOGIT
     final = np.clip(scene.render(), 0.0, 1.0)
     final_psnr = psnr(final, target)
     if best_state is not None and best_psnr > final_psnr:

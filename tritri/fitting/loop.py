@@ -26,6 +26,7 @@ from tritri.fitting.loss_names import PIXEL_LOSSES
 from tritri.fitting.numeric import logit, psnr
 from tritri.fitting.params import TriangleParams
 from tritri.fitting.schedule import (
+    DEAD_LOGIT,
     StepLog,
     greedy_search,
     lr_factor,
@@ -277,10 +278,6 @@ def _solve_colors(
     return True
 
 
-#: Opacity logit of a pruned slot: opacity ~1e-13, below 1/255, so the renderers cull it.
-_DEAD_LOGIT = -30.0
-
-
 def fit_triangles(
     params: TriangleParams,
     target: Tensor,
@@ -460,7 +457,7 @@ def fit_triangles(
             score = torch.where(live, score, torch.inf)
             idx = torch.argsort(score, stable=True)[: n_live - goal]
             live[idx] = False
-            params.opacity_logits.data[idx] = _DEAD_LOGIT
+            params.opacity_logits.data[idx] = DEAD_LOGIT
             for p in (params.verts, params.color_logits, params.opacity_logits):
                 _reset_rows(optimizer, p, idx)
             return "pruned"
@@ -474,7 +471,7 @@ def fit_triangles(
         idx = torch.argsort(torch.where(live, cost, torch.inf), stable=True)[:k]
         if search[0] > 0:  # place the replacements on a render without them
             saved = params.opacity_logits.data[idx].clone()
-            params.opacity_logits.data[idx] = _DEAD_LOGIT
+            params.opacity_logits.data[idx] = DEAD_LOGIT
             image = render()[0].detach()
             params.opacity_logits.data[idx] = saved
         perm = _respawn(params, optimizer, idx, image, target, rng, keep, search,
@@ -507,7 +504,7 @@ def fit_triangles(
                 best_state["live"] = live.clone()
             optimizer.step()
             if not bool(live.all()):
-                params.opacity_logits.data[~live] = _DEAD_LOGIT
+                params.opacity_logits.data[~live] = DEAD_LOGIT
             moved = move(step, image.detach()[0]) if step in events else None
             if log.due(step):
                 stats = dict(getattr(balancer, "stats", {}) or {})
@@ -529,7 +526,7 @@ def fit_triangles(
             score = torch.where(live, params.opacity_logits.detach(), -torch.inf)
             live = torch.zeros_like(live)
             live[torch.argsort(score, descending=True, stable=True)[:keep]] = True
-            params.opacity_logits.data[~live] = _DEAD_LOGIT
+            params.opacity_logits.data[~live] = DEAD_LOGIT
         final = render()[0].clamp(0, 1)
         final_psnr = psnr(final, target)
         if best_state is not None and best_psnr > final_psnr:

@@ -15,6 +15,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEAD_LOGIT",
+    "GEOMETRIC_EPS",
+    "GEOMETRIC_MIN_LOSS",
+    "GEOMETRIC_REG_WEIGHT",
     "StepLog",
     "box_blur",
     "greedy_search",
@@ -22,6 +26,12 @@ __all__ = [
     "move_steps",
     "relocation_placement",
 ]
+
+#: GeometricMeanLoss's defaults (epsilon, min_loss_value, regularization_weight), for the loops
+#: that compute the objective themselves (the CPU loop and the batched torch loop).
+GEOMETRIC_EPS, GEOMETRIC_MIN_LOSS, GEOMETRIC_REG_WEIGHT = 1e-8, 1e-4, 0.01
+#: Opacity logit of a pruned slot: opacity ~1e-13, culled by the renderer.
+DEAD_LOGIT = -30.0
 
 
 #: The shortest warm-up, in steps, when there is one: Adam's first steps move every parameter by

@@ -589,13 +589,8 @@ def _run_cpu(args: argparse.Namespace, source) -> Outcome:
     t0 = time.perf_counter()
     try:
         result = fit_triangles_cpu(
-            start, target, steps=args.steps, losses=names, monitor=monitor, lr=args.lr,
-            lr_verts_px=args.lr_verts, sigma=args.sigma, log_every=args.log_every, seed=args.seed,
-            progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=_warmup(args), keep=n_keep, fixed_opacity=args.alpha,
-            fixed_background=args.background_rgb is not None,
-            should_stop=budget.should_stop if budget is not None else None,
-            on_step=animation.on_step if animation is not None else None,
+            start, target, steps=args.steps, losses=names, monitor=monitor,
+            **_loop_options(args, n_keep, budget, animation, bar, on_warning),
         )  # fmt: skip
     finally:
         bar.close()
@@ -604,6 +599,20 @@ def _run_cpu(args: argparse.Namespace, source) -> Outcome:
         args, out, source, result.image, result.values, result, names, start_psnr, t0,
         render_cpu, animation,
     )  # fmt: skip
+
+
+def _loop_options(args: argparse.Namespace, n_keep: int, budget: Budget | None, animation: Any,
+                  bar: Any, on_warning: Any) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments both fit loops (``fit_triangles_cpu``, ``fit_triangles``) take from
+    the command line, the budget, the animation and the progress bar."""
+    return {
+        "lr": args.lr, "lr_verts_px": args.lr_verts, "sigma": args.sigma,
+        "log_every": args.log_every, "seed": args.seed, "progress": bar, "on_warning": on_warning,
+        "keep_best": not args.last, "warmup": _warmup(args), "keep": n_keep,
+        "fixed_opacity": args.alpha, "fixed_background": args.background_rgb is not None,
+        "should_stop": budget.should_stop if budget is not None else None,
+        "on_step": animation.on_step if animation is not None else None,
+    }  # fmt: skip
 
 
 def _torch_renderer(args: argparse.Namespace, device) -> Callable[..., Any]:
@@ -707,13 +716,8 @@ def _run_torch(args: argparse.Namespace, source) -> Outcome:
     try:
         result = fit_triangles(
             params, target, steps=args.steps, criterion=criterion, target_encoded=encoded,
-            balancer=balancer, monitor=monitor, lr=args.lr, lr_verts_px=args.lr_verts,
-            sigma=args.sigma, backend=args.backend, log_every=args.log_every, seed=args.seed,
-            progress=bar, on_warning=on_warning, keep_best=not args.last,
-            warmup=_warmup(args), keep=n_keep, fixed_opacity=args.alpha,
-            fixed_background=args.background_rgb is not None,
-            should_stop=budget.should_stop if budget is not None else None,
-            on_step=animation.on_step if animation is not None else None,
+            balancer=balancer, monitor=monitor, backend=args.backend,
+            **_loop_options(args, n_keep, budget, animation, bar, on_warning),
         )  # fmt: skip
     finally:
         bar.close()
