@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fit_helpers import one_line_error
 from PIL import Image
 
 from tritri.cli import main
@@ -49,16 +50,6 @@ def fit(capsys, *args: str, out: Path | None = None, tiny: bool = True) -> tuple
     except SystemExit as exit_:  # argparse's own errors
         rc = exit_.code
     return rc, capsys.readouterr().err
-
-
-def one_line_error(err: str, *needles: str) -> str:
-    """The error line of ``err`` (asserting there is exactly one and no traceback)."""
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("tritri fit: error:")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def written(err: str) -> list[Path]:

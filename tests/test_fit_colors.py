@@ -17,6 +17,8 @@ import torch
 
 pytest.importorskip("numba")
 
+from fit_helpers import smooth_target
+
 from tritri.cpu.numba_raster import color_normal_equations  # noqa: E402
 from tritri.fitting.colors import best_colors, solve_box_lsq  # noqa: E402
 from tritri.fitting.cpu_fit import fit_triangles_cpu, render_cpu  # noqa: E402
@@ -221,20 +223,10 @@ def test_solve_box_lsq_optimality_and_descent():
         )
 
 
-def _smooth_target(H=24, W=32, seed=0):
-    y, x = np.mgrid[0:H, 0:W] / max(H, W)
-    rng = np.random.default_rng(seed)
-    img = np.zeros((3, H, W), np.float32)
-    for _ in range(6):
-        cx, cy, r = rng.random(3) * [1.3, 1.0, 0.3] + [0, 0, 0.1]
-        img += rng.random((3, 1, 1)) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / r**2)
-    return np.clip(img / img.max(), 0, 1).astype(np.float32)
-
-
 def test_cpu_fit_ends_with_solved_colors():
     from tritri.fitting.starts import greedy_start
 
-    target = _smooth_target()
+    target = smooth_target()
     start = greedy_start(target, 12, seed=0)
     plain = fit_triangles_cpu(start, target, steps=20, solve_colors=False)
     solved = fit_triangles_cpu(start, target, steps=20)
@@ -268,7 +260,7 @@ def test_torch_loop_ends_with_solved_colors_for_pixel_losses():
     from tritri.fitting import TriangleParams, fit_triangles
     from tritri.fitting.starts import greedy_start
 
-    target_np = _smooth_target(seed=1)
+    target_np = smooth_target(seed=1)
     target = torch.from_numpy(target_np)
     start = greedy_start(target_np, 10, seed=0)
 

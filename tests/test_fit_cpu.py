@@ -23,6 +23,8 @@ import torch
 
 pytest.importorskip("numba")
 
+from fit_helpers import smooth_target
+
 from tritri.fitting import cpu_fit  # noqa: E402
 from tritri.fitting.cpu_fit import _logits, _objective, _Scene, fit_triangles_cpu  # noqa: E402
 from tritri.fitting.cpu_geometry import prepare_backward, prepare_flat  # noqa: E402
@@ -133,21 +135,10 @@ def test_one_step_matches_dense_reference_and_balancer(names):
         )
 
 
-def _target(H=24, W=32, seed=0):
-    """Smooth colored blobs: something triangles can fit."""
-    y, x = np.mgrid[0:H, 0:W] / max(H, W)
-    rng = np.random.default_rng(seed)
-    img = np.zeros((3, H, W), np.float32)
-    for _ in range(6):
-        cx, cy, r = rng.random(3) * [1.3, 1.0, 0.3] + [0, 0, 0.1]
-        img += rng.random((3, 1, 1)) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / r**2)
-    return np.clip(img / img.max(), 0, 1).astype(np.float32)
-
-
 def test_fit_prunes_relocates_and_improves():
     from tritri.fitting.starts import delaunay_start
 
-    target = _target()
+    target = smooth_target()
     start = delaunay_start(target, 24, seed=0)
     records = []
     result = fit_triangles_cpu(start, target, steps=40, keep=12, on_log=records.append)
@@ -163,7 +154,7 @@ def test_fit_prunes_relocates_and_improves():
 
 
 def test_fit_interrupted_keeps_the_steps_done(monkeypatch):
-    target = _target(seed=1)
+    target = smooth_target(seed=1)
     from tritri.fitting.starts import random_start
 
     start = random_start(target, 20, seed=0)
@@ -183,7 +174,7 @@ def test_fit_interrupted_keeps_the_steps_done(monkeypatch):
 
 
 def test_bad_arguments():
-    target = _target()
+    target = smooth_target()
     from tritri.fitting.starts import random_start
 
     start = random_start(target, 5)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fit_helpers import one_line_error
 from PIL import Image
 
 from tritri.cli import main
@@ -37,15 +38,6 @@ def fit(capsys, *args: str) -> tuple[int, str]:
     except SystemExit as exit_:  # argparse's own errors
         rc = exit_.code
     return rc, capsys.readouterr().err
-
-
-def one_line_error(err: str, *needles: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("tritri fit: error:")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def png(path: Path) -> np.ndarray:
