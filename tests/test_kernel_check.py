@@ -20,6 +20,9 @@ import pytest
 from tritri.kernels import FP_FUSION
 from tritri.tuning import kernel_cost
 
+# One worker runs this whole file under pytest-xdist (--dist loadgroup): the compile is once.
+pytestmark = pytest.mark.xdist_group("kernel_check")
+
 ARCHS = (80, 90)
 
 # Budgets at the default config (issue 10): flat colors; per-vertex colors within 1.5x.
