@@ -23,7 +23,8 @@ from tritri.tuning import kernel_cost
 # One worker runs this whole file under pytest-xdist (--dist loadgroup): the compile is once.
 pytestmark = pytest.mark.xdist_group("kernel_check")
 
-ARCHS = (80, 90)
+# CI's oldest-stack step checks one arch (TRITRI_CHECK_ARCHS=90) to stay within its time budget
+ARCHS = tuple(int(a) for a in os.environ.get("TRITRI_CHECK_ARCHS", "80,90").split(","))
 
 # Budgets at the default config (issue 10): flat colors; per-vertex colors within 1.5x.
 FORWARD = {"registers": 64, "instructions_per_pair": 40}
@@ -46,7 +47,9 @@ def _check_env(cache: Path | None = None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
+# session scope: under xdist a worker may run other files between this file's tests, which tears
+# a module fixture down and compiles everything again
+@pytest.fixture(scope="session")
 def check_rows(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("check")
     out = tmp / "rows.json"
@@ -224,9 +227,13 @@ def test_every_launch_pins_fp_fusion(check_rows):
 
 
 def test_instructions_per_pair_is_the_hot_loop_over_its_pairs(check_rows):
-    # one arch's raster rows (reading every cubin's SASS twice would cost half a minute)
+    # one raster row per (kernel, colors, C) on one arch: reading every cubin's SASS again cost
+    # 16 s, and the rows of one kind differ only in the walk the check already tells apart
+    seen = set()
     for r in check_rows:
-        if r["pairs_per_trip"] and r["arch"] == ARCHS[-1]:
+        kind = (r["kernel"], r["variant"].split(" sorted")[0].split(" scan")[0])
+        if r["pairs_per_trip"] and r["arch"] == ARCHS[-1] and kind not in seen:
+            seen.add(kind)
             loop = kernel_cost.hot_loop(kernel_cost.sass_instructions(r["cubin"]))
             assert len([t for t in loop if not t.startswith("NOP")]) == r["loop_instructions"]
             assert r["instructions_per_pair"] == round(
