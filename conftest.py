@@ -22,3 +22,28 @@ if _WORKERS > 1:
     _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, _share)
+
+
+#: Test files whose tests must run on one pytest-xdist worker (they share an expensive session
+#: fixture: the compile check's rows). ``--dist loadgroup`` groups them here, by path: pytest 9
+#: keeps a node's id in ``Node._id``, and xdist 3.8 rewrites ``_nodeid`` for its own
+#: ``xdist_group`` marker, which so groups nothing.
+ONE_WORKER_FILES = ("tests/test_kernel_check.py",)
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # no pytest-xdist: the suite runs in one process
+    pass
+else:
+
+    class _FileGroups(LoadScopeScheduling):
+        """``load`` (a test at a time to the next free worker), except for ONE_WORKER_FILES."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER_FILES else nodeid
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getoption("dist") != "loadgroup":
+            return None
+        return _FileGroups(config, log)
