@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 if "TRITON_INTERPRET" not in os.environ and shutil.which("nvidia-smi") is None:
     os.environ["TRITON_INTERPRET"] = "1"
 
@@ -43,6 +45,7 @@ else:
             path = nodeid.split("::", 1)[0]
             return path if path in ONE_WORKER_FILES else nodeid
 
+    @pytest.hookimpl(optionalhook=True)  # `-p no:xdist` leaves the hook undeclared
     def pytest_xdist_make_scheduler(config, log):
         if config.getoption("dist") != "loadgroup":
             return None
