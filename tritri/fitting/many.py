@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tritri.fitting.session import (
+    FRESH_STARTS,
     PROG,
     Outcome,
     UsageError,
@@ -253,7 +254,7 @@ def run_many(args: argparse.Namespace) -> int:
         raise UsageError(f"no image files in {', '.join(map(str, args.images))}")
     for note in notes:
         print(f"{PROG}: {note}", file=sys.stderr)
-    if args.init not in ("greedy", "delaunay", "random"):
+    if args.init not in FRESH_STARTS:
         raise UsageError(
             "--init FILE.json continues one fit; with several images use greedy, delaunay or random"
         )
