@@ -276,3 +276,15 @@ def test_vgg_file_name_matches_the_url():
     from tritri.losses.vgg import VGG16_URL
 
     assert os.path.basename(VGG16_URL) == VGG16_FILE
+
+
+def test_the_loops_geometric_constants_are_geometric_mean_losss_defaults():
+    """The CPU and batched loops compute GeometricMeanLoss themselves from
+    tritri.fitting.schedule's constants (torch-free); they must be the loss's own defaults."""
+    from tritri.fitting.schedule import GEOMETRIC_EPS, GEOMETRIC_MIN_LOSS, GEOMETRIC_REG_WEIGHT
+    from tritri.losses import GeometricMeanLoss
+
+    loss = GeometricMeanLoss()
+    assert (loss.epsilon, loss.min_loss_value, loss.regularization_weight) == (
+        GEOMETRIC_EPS, GEOMETRIC_MIN_LOSS, GEOMETRIC_REG_WEIGHT,
+    )  # fmt: skip
